@@ -1,0 +1,3 @@
+from smalltolarge.cli import main
+
+main()

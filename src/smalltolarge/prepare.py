@@ -1,0 +1,156 @@
+"""Stages 1 and 2: load the pool, get the proxy's tokenizer, tokenise with the response mask.
+
+Writes ``pool/`` + ``pool.json`` (the normalised pool), ``tokenizer/`` (the proxy's tokenizer;
+for a preset, a byte-level BPE trained on this pool) and ``tokenised/`` + ``tokenised.json``.
+Each part is reused when its fingerprint matches what is on disk.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from smalltolarge.data import Pool, load_pool, save_pool
+from smalltolarge.errors import S2LError
+from smalltolarge.formatting import (
+    TokenisedPool,
+    format_prompt,
+    load_tokenised,
+    save_tokenised,
+    tokenise_pool,
+)
+from smalltolarge.models import (
+    PRESETS,
+    is_preset,
+    load_tokenizer,
+    tokenizer_fingerprint,
+    train_bpe_tokenizer,
+)
+from smalltolarge.runs import RunDir, atomic_dir, atomic_write_json, fingerprint, read_json
+
+
+@dataclass
+class Prepared:
+    """What :func:`prepare` produced."""
+
+    pool: Pool
+    tokenised: TokenisedPool
+    reused: bool
+
+
+def prepare(
+    pool_path: str | os.PathLike,
+    run_dir: str | Path | RunDir,
+    *,
+    proxy: str = "tiny",
+    template: str = "alpaca",
+    max_length: int = 512,
+    prompt_column: str | None = None,
+    input_column: str | None = None,
+    response_column: str | None = None,
+    source_column: str | None = None,
+    id_column: str | None = None,
+    split: str = "train",
+    on_invalid: str = "error",
+    progress: bool = True,
+) -> Prepared:
+    """Load ``pool_path`` into ``run_dir`` and tokenise it for ``proxy``.
+
+    ``proxy`` is a preset name (see :data:`smalltolarge.models.PRESETS`) or any HF causal LM
+    name or path whose tokenizer is used. Input problems raise :class:`S2LError` before any
+    tokenisation starts. Returns the pool, the tokenised pool, and whether everything was
+    reused from disk.
+    """
+    run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    if template not in ("alpaca", "chat"):
+        raise S2LError(f"unknown template '{template}'; choose alpaca or chat")
+    if template == "chat" and is_preset(proxy):
+        raise S2LError(f"the '{proxy}' preset has no chat template; use --template alpaca")
+    pool = load_pool(
+        pool_path,
+        prompt_column=prompt_column,
+        input_column=input_column,
+        response_column=response_column,
+        source_column=source_column,
+        id_column=id_column,
+        split=split,
+        on_invalid=on_invalid,
+    )
+    say = print if progress else (lambda *a, **k: None)
+    say(
+        f"pool: {len(pool)} examples from {pool_path} (schema {pool.schema['kind']}, "
+        f"fingerprint {pool.fingerprint})"
+    )
+    if pool.skipped:
+        say(
+            f"pool: skipped {len(pool.skipped)} invalid examples "
+            f"(first: {pool.skipped[0]['where']}: {pool.skipped[0]['problem']})"
+        )
+
+    saved = read_json(run_dir.pool_meta) if run_dir.pool_meta.is_file() else {}
+    # Same content from another file (moved, converted) is re-saved: the subset is written
+    # from the file the pool was loaded from.
+    pool_current = (saved.get("fingerprint"), saved.get("source_path"), saved.get("format")) == (
+        pool.fingerprint,
+        pool.source_path,
+        pool.format,
+    )
+    if not pool_current:
+        save_pool(pool, run_dir)
+
+    tokenizer = _proxy_tokenizer(pool, run_dir, proxy, template)
+    tok_fp = fingerprint(pool.fingerprint, tokenizer_fingerprint(tokenizer), template, max_length)
+    reused = pool_current and _meta_fingerprint(run_dir.tokenised_meta) == tok_fp
+    if reused:
+        tokenised = load_tokenised(run_dir)
+        say(f"tokenised: {run_dir.tokenised_dir} is up to date, skipped")
+    else:
+        tokenised = tokenise_pool(pool, tokenizer, template=template, max_length=max_length)
+        save_tokenised(tokenised, run_dir)
+    meta = read_json(run_dir.tokenised_meta)
+    if meta.get("proxy") != proxy:
+        atomic_write_json(run_dir.tokenised_meta, {**meta, "proxy": proxy})
+    lengths = tokenised.lengths
+    say(
+        f"tokenised: {len(tokenised)} scorable examples, {int(lengths.sum())} tokens "
+        f"(mean {lengths.mean():.0f}, max {lengths.max()}), {tokenised.n_truncated} truncated "
+        f"at max_length={max_length}"
+    )
+    if tokenised.excluded:
+        ids = ", ".join(e["id"] for e in tokenised.excluded[:5])
+        more = " ..." if len(tokenised.excluded) > 5 else ""
+        say(
+            f"tokenised: EXCLUDED {len(tokenised.excluded)} examples whose prompt leaves no "
+            f"room for a response (ids {ids}{more}); listed in {run_dir.tokenised_meta}"
+        )
+    return Prepared(pool=pool, tokenised=tokenised, reused=reused)
+
+
+def _proxy_tokenizer(pool: Pool, run_dir: RunDir, proxy: str, template: str):
+    """The proxy's tokenizer, saved in ``tokenizer/``; a preset's is trained on this pool."""
+    marker = run_dir.tokenizer_dir / "s2l_tokenizer.json"
+    if is_preset(proxy):
+        vocab = PRESETS[proxy].vocab_size
+        fp = fingerprint(pool.fingerprint, proxy, vocab, template)
+    else:
+        fp = fingerprint(proxy)
+    if _meta_fingerprint(marker) == fp:
+        return load_tokenizer(run_dir.tokenizer_dir)
+    if is_preset(proxy):
+        ds = pool.dataset
+        texts = (
+            format_prompt(ins, inp, template=template) + resp
+            for ins, inp, resp in zip(ds["instruction"], ds["input"], ds["response"], strict=True)
+        )
+        tokenizer = train_bpe_tokenizer(texts, PRESETS[proxy].vocab_size)
+    else:
+        tokenizer = load_tokenizer(proxy)
+    with atomic_dir(run_dir.tokenizer_dir) as tmp:
+        tokenizer.save_pretrained(str(tmp))
+        atomic_write_json(Path(tmp) / "s2l_tokenizer.json", {"fingerprint": fp, "proxy": proxy})
+    return load_tokenizer(run_dir.tokenizer_dir)
+
+
+def _meta_fingerprint(path: Path) -> str | None:
+    return read_json(path).get("fingerprint") if path.is_file() else None

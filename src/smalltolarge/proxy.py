@@ -1,0 +1,266 @@
+"""Train the small proxy on the whole pool and keep its weights at T points of training.
+
+The proxy is trained with the Hugging Face ``Trainer`` (AdamW, cosine schedule with warm-up,
+gradient accumulation, bf16, and multi-GPU through ``accelerate launch`` for free), on the same
+response-only loss that S2L scores. :class:`CheckpointCallback` saves the weights, and nothing
+else, at the chosen steps as ``proxy/step-00000500/``; checkpoints are always listed in step
+order (the public reference code read them in file-system order). While training runs, a
+resumable trainer state is kept in ``proxy/resume/`` so that an interrupted run continues
+instead of starting over; it is deleted when training finishes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from smalltolarge.errors import S2LError
+from smalltolarge.formatting import collate, load_tokenised
+from smalltolarge.models import (
+    PRESETS,
+    REFERENCE_BATCH_SIZE,
+    REFERENCE_LEARNING_RATE,
+    build_preset_model,
+    count_parameters,
+    is_preset,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_precision,
+)
+from smalltolarge.runs import RunDir, atomic_dir, atomic_write_json, fingerprint, read_json
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_steps(
+    total_steps: int, n_checkpoints: int | None = None, every: int | None = None
+) -> list[int]:
+    """The steps at which to keep the proxy's weights.
+
+    ``n_checkpoints`` evenly spaced points ending at the last step, or every ``every`` steps
+    (the reference code: every 500). Exactly one of the two must be given.
+    """
+    if (n_checkpoints is None) == (every is None):
+        raise S2LError("give either a number of checkpoints or a checkpoint interval, not both")
+    if total_steps < 1:
+        raise S2LError("training has no steps: the pool is empty or the batch too large")
+    if every is not None:
+        if every < 1:
+            raise S2LError(f"checkpoint interval must be positive, not {every}")
+        steps = list(range(every, total_steps + 1, every))
+        if not steps:
+            raise S2LError(f"checkpoint interval {every} exceeds the {total_steps} training steps")
+        return steps
+    assert n_checkpoints is not None
+    if n_checkpoints < 1:
+        raise S2LError(f"number of checkpoints must be positive, not {n_checkpoints}")
+    if n_checkpoints > total_steps:
+        raise S2LError(
+            f"{n_checkpoints} checkpoints asked for, but training has only {total_steps} steps; "
+            "ask for fewer checkpoints, more epochs or a smaller batch"
+        )
+    return sorted({round(total_steps * k / n_checkpoints) for k in range(1, n_checkpoints + 1)})
+
+
+def train_proxy(
+    run_dir: str | Path | RunDir,
+    *,
+    epochs: float = 3.0,
+    learning_rate: float | None = None,
+    batch_size: int | None = None,
+    grad_accum: int = 1,
+    warmup_ratio: float = 0.03,
+    n_checkpoints: int | None = 12,
+    checkpoint_every: int | None = None,
+    seed: int = 0,
+    precision: str = "auto",
+    force: bool = False,
+    progress: bool = True,
+) -> list[tuple[int, Path]]:
+    """Train the run's proxy on its tokenised pool; return ``[(step, checkpoint_dir), ...]``.
+
+    Reads ``tokenised/``, ``tokenised.json`` and ``tokenizer/``; writes ``proxy/step-*`` and
+    ``proxy/proxy.json``. ``learning_rate`` and ``batch_size`` default to the preset's values
+    for a preset proxy and to S2L's reference values (2e-5, 128) for a pretrained one; the
+    effective batch is ``batch_size * grad_accum * processes``. Skipped when ``proxy.json``
+    records the same inputs and settings, unless ``force``.
+    """
+    run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    tok_pool = load_tokenised(run_dir)
+    proxy = read_json(run_dir.tokenised_meta)["proxy"]
+    preset = PRESETS.get(proxy)
+    learning_rate = learning_rate or (preset.learning_rate if preset else REFERENCE_LEARNING_RATE)
+    batch_size = batch_size or (preset.batch_size if preset else REFERENCE_BATCH_SIZE)
+    precision = resolve_precision(precision)
+    n_procs = max(
+        1, torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    )
+    steps_per_epoch = math.ceil(len(tok_pool) / (batch_size * n_procs * grad_accum))
+    total_steps = math.ceil(steps_per_epoch * epochs)
+    if checkpoint_every is not None:
+        n_checkpoints = None
+    steps = checkpoint_steps(total_steps, n_checkpoints, checkpoint_every)
+    settings = {
+        "proxy": proxy,
+        "epochs": epochs,
+        "learning_rate": learning_rate,
+        "batch_size": batch_size,
+        "grad_accum": grad_accum,
+        "warmup_ratio": warmup_ratio,
+        "checkpoint_steps": steps,
+        "seed": seed,
+        "precision": precision,
+    }
+    fp = fingerprint(tok_pool.fingerprint, settings)
+    if not force and _is_complete(run_dir, fp):
+        if progress:
+            print(f"proxy: {run_dir.proxy_dir} is up to date ({len(steps)} checkpoints), skipped")
+        return list_checkpoints(run_dir.proxy_dir)
+
+    tokenizer = load_tokenizer(run_dir.tokenizer_dir)
+    if is_preset(proxy):
+        model = build_preset_model(proxy, tokenizer, seed)
+    else:
+        model = load_causal_lm(proxy)
+    proxy_dir = run_dir.proxy_dir
+    resume_dir = proxy_dir / "resume"
+    _discard_stale(proxy_dir, resume_dir, fp)
+    proxy_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(resume_dir / "fingerprint.json", {"fingerprint": fp})
+
+    args = TrainingArguments(
+        output_dir=str(resume_dir),
+        num_train_epochs=epochs,
+        max_steps=total_steps,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
+        learning_rate=learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=warmup_ratio,
+        weight_decay=0.0,
+        optim="adamw_torch",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        logging_steps=max(1, total_steps // 50),
+        save_strategy="steps",
+        save_steps=max(1, steps[0]),
+        save_total_limit=1,
+        seed=seed,
+        data_seed=seed,
+        train_sampling_strategy="group_by_length",
+        remove_unused_columns=False,
+        report_to="none",
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=tok_pool.dataset,
+        data_collator=lambda examples: collate(examples, pad_id),
+        callbacks=[CheckpointCallback(steps, proxy_dir)],
+    )
+    if progress:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(LossProgressCallback())
+        print(
+            f"proxy: training {proxy} ({count_parameters(model) / 1e6:.2f}M parameters) on "
+            f"{len(tok_pool)} examples, {total_steps} steps, checkpoints at steps {steps}"
+        )
+    last = get_last_checkpoint(str(resume_dir)) if resume_dir.is_dir() else None
+    if last and progress:
+        print(f"proxy: resuming from {last}")
+    trainer.train(resume_from_checkpoint=last)
+    if trainer.is_world_process_zero():
+        atomic_write_json(
+            run_dir.proxy_meta,
+            {
+                "fingerprint": fp,
+                "tokenised_fingerprint": tok_pool.fingerprint,
+                **settings,
+                "total_steps": total_steps,
+                "n_parameters": count_parameters(model),
+                "pad_token_id": pad_id,
+                "final_train_loss": _last_logged_loss(trainer),
+            },
+        )
+        shutil.rmtree(resume_dir, ignore_errors=True)
+    return list_checkpoints(proxy_dir)
+
+
+def list_checkpoints(proxy_dir: str | Path) -> list[tuple[int, Path]]:
+    """``[(step, path), ...]`` of the saved proxy checkpoints, in training-step order."""
+    proxy_dir = Path(proxy_dir)
+    found = []
+    if proxy_dir.is_dir():
+        for child in proxy_dir.iterdir():
+            match = _STEP_DIR.match(child.name)
+            if match and child.is_dir():
+                found.append((int(match.group(1)), child))
+    if not found:
+        raise S2LError(f"{proxy_dir}: no proxy checkpoints (run `s2l train-proxy` first)")
+    return sorted(found)
+
+
+def read_proxy_meta(run_dir: RunDir) -> dict[str, Any]:
+    """The ``proxy.json`` of a finished proxy run."""
+    if not run_dir.proxy_meta.is_file():
+        raise S2LError(f"{run_dir.root}: the proxy is not trained (run `s2l train-proxy` first)")
+    return read_json(run_dir.proxy_meta)
+
+
+class CheckpointCallback(TrainerCallback):
+    """Save the model's weights (only) at the given global steps as ``step-XXXXXXXX/``."""
+
+    def __init__(self, steps: list[int], out_dir: str | Path):
+        self.steps = set(steps)
+        self.out_dir = Path(out_dir)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step in self.steps and state.is_world_process_zero:
+            target = self.out_dir / f"step-{state.global_step:08d}"
+            with atomic_dir(target) as tmp:
+                model.save_pretrained(str(tmp), safe_serialization=True)
+        return control
+
+
+class LossProgressCallback(ProgressCallback):
+    """Trainer's progress bar (steps, ETA), with the latest loss shown on the bar itself
+    instead of a printed dictionary per logging step."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            shown = {k: f"{logs[k]:.4g}" for k in ("loss", "learning_rate") if k in logs}
+            if shown:
+                self.training_bar.set_postfix(shown, refresh=False)
+
+
+def _is_complete(run_dir: RunDir, fp: str) -> bool:
+    if not run_dir.proxy_meta.is_file() or read_json(run_dir.proxy_meta)["fingerprint"] != fp:
+        return False
+    saved = {s for s, _ in list_checkpoints(run_dir.proxy_dir)}
+    return saved == set(read_json(run_dir.proxy_meta)["checkpoint_steps"])
+
+
+def _discard_stale(proxy_dir: Path, resume_dir: Path, fp: str) -> None:
+    """Remove checkpoints and trainer state left by a run with other inputs or settings."""
+    marker = resume_dir / "fingerprint.json"
+    if marker.is_file() and read_json(marker).get("fingerprint") == fp:
+        return  # an interrupted run of this very training: keep it and resume
+    if proxy_dir.is_dir():
+        shutil.rmtree(proxy_dir)
+
+
+def _last_logged_loss(trainer: Trainer) -> float | None:
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return losses[-1] if losses else None

@@ -1,0 +1,162 @@
+"""Run directories, atomic writes and fingerprints.
+
+A run directory holds one artifact per stage (see the README for the layout). Every file is
+written to a temporary name in the same directory and renamed into place, so an interrupted
+write never leaves a half-written artifact behind. Each stage records the fingerprint of its
+inputs and settings in a small JSON file; a stage whose recorded fingerprint matches is
+skipped, one whose fingerprint differs is redone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short, deterministic hex digest of JSON-serialisable ``parts``."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(json.dumps(part, sort_keys=True, default=str).encode())
+        h.update(b"\x00")
+    return h.hexdigest()[:16]
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Save ``array`` as ``.npy`` at ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Build a directory under a temporary name and move it to ``path`` when the block succeeds.
+
+    An existing ``path`` is replaced only after the new one is complete; if the block raises,
+    the temporary directory is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def stage_is_current(meta_path: str | os.PathLike, fp: str) -> bool:
+    """True when the stage metadata at ``meta_path`` exists and records fingerprint ``fp``."""
+    meta_path = Path(meta_path)
+    if not meta_path.is_file():
+        return False
+    try:
+        return read_json(meta_path).get("fingerprint") == fp
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+class RunDir:
+    """Paths of one run directory. Creating the object creates nothing on disk."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    # stage 1: the normalised pool
+    @property
+    def pool_dir(self) -> Path:
+        return self.root / "pool"
+
+    @property
+    def pool_meta(self) -> Path:
+        return self.root / "pool.json"
+
+    # stage 2: tokenizer + tokenised pool
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def tokenised_dir(self) -> Path:
+        return self.root / "tokenised"
+
+    @property
+    def tokenised_meta(self) -> Path:
+        return self.root / "tokenised.json"
+
+    # stage 3: proxy checkpoints
+    @property
+    def proxy_dir(self) -> Path:
+        return self.root / "proxy"
+
+    @property
+    def proxy_meta(self) -> Path:
+        return self.root / "proxy" / "proxy.json"
+
+    # stage 4: trajectories
+    @property
+    def trajectories_dir(self) -> Path:
+        return self.root / "trajectories"
+
+    # stage 5: selections
+    @property
+    def selections_dir(self) -> Path:
+        return self.root / "selections"
+
+    def selection_dir(self, name: str) -> Path:
+        return self.selections_dir / name

@@ -1,0 +1,76 @@
+"""Data selection: S2L, baselines, the stratified wrapper and a registry by name.
+
+Typical use::
+
+    selector = make_selector("s2l", n_clusters=100)
+    rows = selector.select(signals, resolve_budget("30%", signals.n), seed=0)
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from smalltolarge.errors import S2LError
+from smalltolarge.selection.base import (
+    Selector,
+    Signals,
+    balanced_sample,
+    resolve_budget,
+    water_fill,
+)
+from smalltolarge.selection.baselines import RandomSelector
+from smalltolarge.selection.s2l import S2LSelector, kmeans_labels
+from smalltolarge.selection.stratified import Stratified
+
+__all__ = [
+    "SELECTORS",
+    "RandomSelector",
+    "S2LSelector",
+    "Selector",
+    "Signals",
+    "Stratified",
+    "balanced_sample",
+    "kmeans_labels",
+    "make_selector",
+    "resolve_budget",
+    "water_fill",
+]
+
+SELECTORS: dict[str, type] = {"s2l": S2LSelector, "random": RandomSelector}
+
+
+def make_selector(method: str, *, stratify: bool = False, **settings: Any) -> Selector:
+    """Build the selector registered as ``method`` from its settings.
+
+    A setting whose value is None means "not given": it is dropped, so the selector's default
+    applies, and it is not an error for a selector that has no such setting. This lets a CLI
+    pass all its options to every method.
+
+    Args:
+        method: a key of :data:`SELECTORS`.
+        stratify: wrap the selector in :class:`Stratified` (per-source selection).
+        **settings: constructor arguments of the selector.
+
+    Raises:
+        S2LError: for an unknown method, or a non-None setting the method does not take.
+    """
+    if method not in SELECTORS:
+        raise S2LError(
+            f"unknown selection method {method!r}; known: {', '.join(sorted(SELECTORS))}"
+        )
+    cls = SELECTORS[method]
+    accepted = [
+        p.name
+        for p in inspect.signature(cls.__init__).parameters.values()
+        if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    given = {key: value for key, value in settings.items() if value is not None}
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        takes = ", ".join(accepted) if accepted else "no settings"
+        raise S2LError(
+            f"selection method {method!r} does not take {', '.join(unknown)} (it takes: {takes})"
+        )
+    selector = cls(**given)
+    return Stratified(selector) if stratify else selector

@@ -1,0 +1,312 @@
+"""What every selector shares: the signals it reads, its protocol, budgets and water-filling.
+
+A selector reads :class:`Signals` (the loss trajectories of the selectable examples and their
+side columns, rows aligned) and returns the sorted row indices of the examples it keeps.
+:func:`water_fill` is the balancing rule of S2L — visit groups from smallest to largest and give
+each an equal share of what is left, small groups taken whole — and is reused both to spread a
+budget over clusters (:func:`balanced_sample`) and over data sources (stratified mode).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from smalltolarge.errors import S2LError
+
+# Rows checked per step when scanning a (possibly memory-mapped) loss matrix, so that the check
+# never materialises a temporary the size of the whole matrix.
+_CHUNK_ROWS = 1_000_000
+
+
+@dataclass(eq=False)
+class Signals:
+    """What the scoring pass produced for the selectable examples (rows aligned).
+
+    Attributes:
+        losses: float32 ``(n, T)``; row ``i`` is example ``i``'s mean response loss at each of
+            the ``T`` proxy checkpoints, in step order. May be a read-only memory map.
+        ids: ``(n,)`` example ids (object/str, or ints).
+        sources: ``(n,)`` source names, or None when the pool has no source column.
+        lengths: ``(n,)`` int response-token counts, or None.
+        embeddings: ``(n, d)`` float32 proxy embeddings, or None.
+
+    Raises:
+        S2LError: on a field whose rows do not line up with ``losses``, a ``losses`` that is not
+            2-D or has no checkpoints, or a non-finite loss (naming the first such example).
+    """
+
+    losses: np.ndarray
+    ids: np.ndarray
+    sources: np.ndarray | None = None
+    lengths: np.ndarray | None = None
+    embeddings: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        losses = self.losses if isinstance(self.losses, np.ndarray) else np.asarray(self.losses)
+        if losses.ndim != 2:
+            raise S2LError(
+                f"loss trajectories must be a 2-D (examples, checkpoints) matrix, "
+                f"got shape {losses.shape}"
+            )
+        if losses.shape[1] == 0:
+            raise S2LError("loss trajectories have no checkpoints (shape (n, 0))")
+        if losses.dtype != np.float32:
+            if not np.issubdtype(losses.dtype, np.number):
+                raise S2LError(f"loss trajectories must be numeric, got dtype {losses.dtype}")
+            losses = losses.astype(np.float32)
+        self.losses = losses
+        n = losses.shape[0]
+
+        self.ids = _rows_aligned("ids", self.ids, n, ndim=1)
+        if self.sources is not None:
+            self.sources = _rows_aligned("sources", self.sources, n, ndim=1)
+        if self.lengths is not None:
+            self.lengths = _rows_aligned("lengths", self.lengths, n, ndim=1)
+        if self.embeddings is not None:
+            self.embeddings = _rows_aligned("embeddings", self.embeddings, n, ndim=2)
+
+        bad = _first_non_finite_row(losses)
+        if bad is not None:
+            example = self.ids[bad]
+            if isinstance(example, np.generic):  # print 'x1', not np.str_('x1')
+                example = example.item()
+            raise S2LError(
+                f"loss trajectory of example {example!r} (row {bad}) is not finite: "
+                f"{losses[bad].tolist()}"
+            )
+
+    @property
+    def n(self) -> int:
+        """Number of selectable examples (rows)."""
+        return int(self.losses.shape[0])
+
+    def subset(self, rows: np.ndarray) -> Signals:
+        """The signals of ``rows`` only (int indices or a boolean mask of length ``n``).
+
+        Every present field is sliced the same way, so the result stays rows-aligned; row ``j``
+        of the result is row ``rows[j]`` of ``self``.
+        """
+        rows = np.asarray(rows)
+        return Signals(
+            losses=self.losses[rows],
+            ids=self.ids[rows],
+            sources=None if self.sources is None else self.sources[rows],
+            lengths=None if self.lengths is None else self.lengths[rows],
+            embeddings=None if self.embeddings is None else self.embeddings[rows],
+        )
+
+
+@runtime_checkable
+class Selector(Protocol):
+    """A data-selection method: settings in the constructor, the work in :meth:`select`."""
+
+    name: str
+
+    def select(self, signals: Signals, budget: int, seed: int) -> np.ndarray:
+        """Pick ``budget`` examples of ``signals``.
+
+        Returns:
+            ``(budget,)`` sorted, unique int64 row indices into ``signals``.
+        """
+        ...
+
+
+def resolve_budget(budget: float | int | str, n_total: int, n_selectable: int | None = None) -> int:
+    """Turn a user budget into a number of examples.
+
+    Args:
+        budget: a fraction of the pool — a float in ``(0, 1]``, a string with a decimal point
+            (``"0.3"``, ``"1.0"``) or a percentage (``"30%"``) — or a count: an int, or a
+            string of digits, ``>= 1``.
+        n_total: size of the pool that fractions refer to.
+        n_selectable: how many examples can actually be selected (default ``n_total``).
+
+    Returns:
+        The count, ``max(1, round(fraction * n_total))`` for fractions.
+
+    Raises:
+        S2LError: for a budget that is not a number, ``<= 0``, a fraction above 1, or a count
+            above ``n_selectable``.
+    """
+    if n_selectable is None:
+        n_selectable = n_total
+    pool = f"the pool has {n_total} examples" + (
+        f" ({n_selectable} selectable)" if n_selectable != n_total else ""
+    )
+    fraction, count = _parse_budget(budget, pool)
+    if fraction is not None:
+        if not 0 < fraction <= 1:
+            raise S2LError(
+                f"budget {budget!r} is not a valid fraction: it must lie in (0, 1]; {pool}"
+            )
+        count = max(1, round(fraction * n_total))
+    assert count is not None
+    if count <= 0:
+        raise S2LError(f"budget {budget!r} must be at least 1 example; {pool}")
+    if count > n_selectable:
+        raise S2LError(f"budget {budget!r} asks for {count} examples but {pool}")
+    return count
+
+
+def water_fill(sizes: Sequence[int] | np.ndarray, budget: int) -> np.ndarray:
+    """Split ``budget`` over groups of the given sizes, smallest group first.
+
+    Groups are visited from smallest to largest (ties by index). Before visiting a group, its
+    quota is ``(budget still to fill) // (groups not yet visited, this one included)``; a group
+    no larger than its quota is taken whole, otherwise it gets exactly the quota. Leftovers of
+    small groups and of the integer division thus flow to the larger groups.
+
+    Args:
+        sizes: ``(G,)`` non-negative group sizes.
+        budget: non-negative number of items to hand out.
+
+    Returns:
+        ``(G,)`` int64 quotas aligned with ``sizes``; ``quotas <= sizes`` and
+        ``quotas.sum() == min(budget, sum(sizes))``.
+    """
+    sizes = np.asarray(sizes, dtype=np.int64).reshape(-1)
+    if (sizes < 0).any():
+        raise S2LError(f"group sizes must be non-negative, got {sizes.tolist()}")
+    if budget < 0:
+        raise S2LError(f"budget must be non-negative, got {budget}")
+    quotas = np.zeros(len(sizes), dtype=np.int64)
+    remaining = int(budget)
+    order = np.argsort(sizes, kind="stable")
+    for visited, group in enumerate(order):
+        quota = remaining // (len(order) - visited)
+        quotas[group] = min(int(sizes[group]), quota)
+        remaining -= int(quotas[group])
+    return quotas
+
+
+def balanced_sample(labels: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarray:
+    """Sample ``budget`` rows spread evenly over clusters by :func:`water_fill`.
+
+    Clusters no larger than their quota are taken whole; from the others, exactly the quota is
+    drawn uniformly at random without replacement. Clusters are visited (and drawn from) from
+    smallest to largest, ties by label, so the result depends only on ``labels``, ``budget``
+    and the state of ``rng``.
+
+    Args:
+        labels: ``(n,)`` non-negative int cluster labels.
+        budget: number of rows to pick, ``0 <= budget <= n``.
+        rng: source of randomness (advanced by the draws).
+
+    Returns:
+        ``(budget,)`` sorted unique int64 row indices.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    n = labels.shape[0]
+    check_budget(budget, n)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if labels.min() < 0:
+        raise S2LError("cluster labels must be non-negative")
+    sizes = np.bincount(labels)
+    quotas = water_fill(sizes, budget)
+    members = _rows_by_label(labels, sizes)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+
+    picked = []
+    for label in np.argsort(sizes, kind="stable"):
+        quota, size = int(quotas[label]), int(sizes[label])
+        if quota == 0:
+            continue
+        rows = members[starts[label] : starts[label] + size]
+        picked.append(rows if quota == size else rows[rng.choice(size, quota, replace=False)])
+    if not picked:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(np.concatenate(picked)).astype(np.int64, copy=False)
+
+
+def check_budget(budget: int, n: int) -> None:
+    """Raise S2LError unless ``budget`` is an int in ``[0, n]`` (for :meth:`Selector.select`)."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)):
+        raise S2LError(f"budget must be an int number of examples, got {budget!r}")
+    if not 0 <= budget <= n:
+        raise S2LError(f"budget {budget} is outside [0, {n}] for a pool of {n} examples")
+
+
+def check_seed(seed: int) -> int:
+    """``seed`` as a Python int; S2LError unless it is a non-negative int."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise S2LError(f"seed must be a non-negative int, got {seed!r}")
+    return int(seed)
+
+
+def _rows_by_label(labels: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """``(n,)`` row indices grouped by label (ascending), rows ascending within a label.
+
+    The rows of label ``c`` occupy ``[sum(sizes[:c]), sum(sizes[:c + 1]))`` of the result.
+    """
+    n = labels.shape[0]
+    # A counting sort done chunk by chunk, into int32 when rows fit: a single argsort of 10^7
+    # labels would hold an extra 80 MB int64 array at the peak of a memory-bounded selection.
+    members = np.empty(n, dtype=np.int32 if n <= np.iinfo(np.int32).max else np.int64)
+    next_slot = np.cumsum(sizes) - sizes
+    narrow = len(sizes) <= np.iinfo(np.uint16).max + 1
+    for lo in range(0, n, _CHUNK_ROWS):
+        chunk = labels[lo : lo + _CHUNK_ROWS]
+        # Stable, so rows stay ascending within a label; on a 16-bit key numpy uses radix sort.
+        order = np.argsort(chunk.astype(np.uint16) if narrow else chunk, kind="stable")
+        counts = np.bincount(chunk, minlength=len(sizes))
+        sorted_labels = chunk[order]
+        rank_in_label = np.arange(len(chunk)) - (np.cumsum(counts) - counts)[sorted_labels]
+        members[next_slot[sorted_labels] + rank_in_label] = order + lo
+        next_slot += counts
+    return members
+
+
+def _parse_budget(budget: float | int | str, pool: str) -> tuple[float | None, int | None]:
+    """``(fraction, None)`` or ``(None, count)`` for a user budget; S2LError if neither."""
+    if isinstance(budget, bool):
+        raise S2LError(f"budget {budget!r} is not a number; {pool}")
+    if isinstance(budget, numbers.Integral):
+        return None, int(budget)
+    if isinstance(budget, numbers.Real):
+        value = float(budget)
+        if not math.isfinite(value):
+            raise S2LError(f"budget {budget!r} is not a finite number; {pool}")
+        return value, None
+    if isinstance(budget, str):
+        text = budget.strip()
+        try:
+            if text.endswith("%"):
+                return float(text[:-1]) / 100.0, None
+            if "." in text or "e" in text.lower():
+                return float(text), None
+            return None, int(text)
+        except ValueError:
+            pass
+    raise S2LError(
+        f"budget {budget!r} is not a number: give a count (e.g. 1000), a fraction (e.g. 0.3) "
+        f"or a percentage (e.g. 30%); {pool}"
+    )
+
+
+def _rows_aligned(name: str, values: object, n: int, *, ndim: int) -> np.ndarray:
+    """``values`` as an array with ``ndim`` dimensions and ``n`` rows, else S2LError."""
+    array = values if isinstance(values, np.ndarray) else np.asarray(values)
+    if array.ndim != ndim or array.shape[0] != n:
+        expected = f"({n},)" if ndim == 1 else f"({n}, ...)"
+        raise S2LError(
+            f"{name} must have shape {expected} to match {n} loss trajectories, "
+            f"got shape {array.shape}"
+        )
+    return array
+
+
+def _first_non_finite_row(losses: np.ndarray) -> int | None:
+    """Index of the first row of ``losses`` holding a NaN or infinity, or None."""
+    for start in range(0, losses.shape[0], _CHUNK_ROWS):
+        block = losses[start : start + _CHUNK_ROWS]
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            return start + int(np.argmin(finite))
+    return None

@@ -1,0 +1,198 @@
+"""S2L: cluster the proxy's loss trajectories, then sample evenly across the clusters.
+
+Examples whose losses evolve alike during the small proxy's training are interchangeable for
+the large model, so S2L clusters the raw trajectories with k-means (Euclidean, no scaling) and
+fills the budget by water-filling over clusters, smallest first: rare learning dynamics are
+kept whole and abundant ones are subsampled uniformly.
+
+k-means is trained on a uniform sample of at most 256 trajectories per centroid (the faiss
+default), then every trajectory is assigned to its nearest centroid in fixed-size chunks, so a
+memory-mapped matrix of 10^7 rows is never copied into memory as a whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from smalltolarge.errors import S2LError
+from smalltolarge.selection.base import Signals, balanced_sample, check_budget, check_seed
+
+BACKENDS = ("faiss", "sklearn")
+
+# k-means trains on at most this many points per centroid (faiss's own default cap).
+MAX_POINTS_PER_CENTROID = 256
+
+# Rows assigned to centroids per step; bounds the temporaries to a few tens of MB.
+_ASSIGN_CHUNK_ROWS = 1_000_000
+
+# Maps a float32 chunk (m, d) to the (m,) index of each row's nearest centroid.
+Assigner = Callable[[np.ndarray], np.ndarray]
+
+
+class S2LSelector:
+    """SmallToLarge selection: k-means on loss trajectories plus cluster-balanced sampling.
+
+    Args:
+        n_clusters: number of k-means clusters ``K``; clamped to ``n`` on smaller pools.
+        n_iter: k-means iterations.
+        backend: ``"faiss"`` (default, fast) or ``"sklearn"``.
+
+    Attributes (set by :meth:`select`):
+        labels_: ``(n,)`` int64 cluster of each example.
+        centroids_: ``(K_eff, T)`` float32 cluster centres.
+        cluster_sizes_: ``(K_eff,)`` int64 examples per cluster.
+        cluster_taken_: ``(K_eff,)`` int64 examples selected per cluster.
+        n_clusters_: effective number of clusters ``K_eff = min(n_clusters, n)``.
+    """
+
+    name = "s2l"
+
+    def __init__(self, n_clusters: int = 100, n_iter: int = 20, backend: str = "faiss") -> None:
+        self.n_clusters = n_clusters
+        self.n_iter = n_iter
+        self.backend = backend
+
+    def select(self, signals: Signals, budget: int, seed: int) -> np.ndarray:
+        """Cluster ``signals.losses`` and draw ``budget`` examples balanced over the clusters.
+
+        Args:
+            signals: the selectable examples; only ``losses`` ``(n, T)`` is read.
+            budget: number of examples to select, ``0 <= budget <= n``.
+            seed: non-negative int; fixes both the clustering and the draws.
+
+        Returns:
+            ``(budget,)`` sorted unique int64 row indices into ``signals``.
+        """
+        self._check_settings()
+        n = signals.n
+        check_budget(budget, n)
+        if n == 0:
+            raise S2LError("cannot cluster an empty pool: there are no loss trajectories")
+        k = min(int(self.n_clusters), n)
+        # Independent streams for the k-means training sample and for the per-cluster draws.
+        training_seed, draw_seed = np.random.SeedSequence(check_seed(seed)).spawn(2)
+        labels, centroids = kmeans_labels(
+            signals.losses, k, self.n_iter, seed, backend=self.backend, sample_seed=training_seed
+        )
+        selected = balanced_sample(labels, budget, np.random.default_rng(draw_seed))
+
+        self.labels_ = labels
+        self.centroids_ = centroids
+        self.n_clusters_ = k
+        self.cluster_sizes_ = np.bincount(labels, minlength=k).astype(np.int64)
+        self.cluster_taken_ = np.bincount(labels[selected], minlength=k).astype(np.int64)
+        return selected
+
+    def _check_settings(self) -> None:
+        for setting in ("n_clusters", "n_iter"):
+            value = getattr(self, setting)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise S2LError(f"s2l setting {setting} must be an int >= 1, got {value!r}")
+        if self.backend not in BACKENDS:
+            raise S2LError(
+                f"unknown k-means backend {self.backend!r}; known: {', '.join(BACKENDS)}"
+            )
+
+
+def kmeans_labels(
+    x: np.ndarray,
+    n_clusters: int,
+    n_iter: int,
+    seed: int,
+    backend: str = "faiss",
+    *,
+    sample_seed: int | np.random.SeedSequence | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """k-means (Euclidean) of the rows of ``x``: train on a sample, assign every row.
+
+    Training uses a uniform sample of at most ``256 * n_clusters`` rows; assignment to the
+    nearest centroid runs over all rows in chunks, so ``x`` may be a memory map that is never
+    copied as a whole.
+
+    Args:
+        x: ``(n, d)`` points (float32 preferred; other dtypes are converted chunk by chunk).
+        n_clusters: ``K``, ``1 <= K <= n``.
+        n_iter: Lloyd iterations, ``>= 1``.
+        seed: non-negative int seed of the k-means initialisation.
+        backend: ``"faiss"`` or ``"sklearn"``.
+        sample_seed: seed of the training-sample draw (default ``seed``).
+
+    Returns:
+        ``labels`` ``(n,)`` int64 in ``[0, K)`` and ``centroids`` ``(K, d)`` float32.
+    """
+    if backend not in BACKENDS:
+        raise S2LError(f"unknown k-means backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if x.ndim != 2:
+        raise S2LError(f"k-means needs a 2-D (n, d) matrix, got shape {x.shape}")
+    n, d = x.shape
+    if isinstance(n_clusters, bool) or not 1 <= int(n_clusters) <= n:
+        raise S2LError(f"number of clusters must be between 1 and {n} (the pool), got {n_clusters}")
+    if isinstance(n_iter, bool) or int(n_iter) < 1:
+        raise S2LError(f"number of k-means iterations must be at least 1, got {n_iter}")
+    n_clusters, n_iter, seed = int(n_clusters), int(n_iter), check_seed(seed)
+
+    train = _training_sample(
+        x, MAX_POINTS_PER_CENTROID * n_clusters, seed if sample_seed is None else sample_seed
+    )
+    if backend == "faiss":
+        centroids, assign = _fit_faiss(train, n_clusters, n_iter, seed)
+    else:
+        centroids, assign = _fit_sklearn(train, n_clusters, n_iter, seed)
+
+    labels = np.empty(n, dtype=np.int64)
+    for start in range(0, n, _ASSIGN_CHUNK_ROWS):
+        # A slice of a float32 C-ordered memmap is already contiguous: no copy is made here.
+        chunk = np.ascontiguousarray(x[start : start + _ASSIGN_CHUNK_ROWS], dtype=np.float32)
+        labels[start : start + len(chunk)] = assign(chunk)
+    return labels, centroids
+
+
+def _fit_faiss(train: np.ndarray, k: int, n_iter: int, seed: int) -> tuple[np.ndarray, Assigner]:
+    """faiss k-means on ``train`` ``(m, d)``: centroids ``(k, d)`` and a chunk assigner."""
+    import faiss
+
+    d = train.shape[1]
+    kmeans = faiss.Kmeans(
+        d,
+        k,
+        niter=n_iter,
+        seed=seed % 2**31,  # faiss stores the seed in a C int
+        verbose=False,
+        # The sample is already capped, and small pools (n close to K) are legitimate here, so
+        # neither faiss's resampling nor its "too few points" warning should kick in.
+        max_points_per_centroid=MAX_POINTS_PER_CENTROID,
+        min_points_per_centroid=1,
+    )
+    kmeans.train(train)
+    centroids = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
+    index = faiss.IndexFlatL2(d)
+    index.add(centroids)
+
+    def assign(chunk: np.ndarray) -> np.ndarray:
+        return index.search(chunk, 1)[1][:, 0]
+
+    return centroids, assign
+
+
+def _fit_sklearn(train: np.ndarray, k: int, n_iter: int, seed: int) -> tuple[np.ndarray, Assigner]:
+    """scikit-learn k-means on ``train`` ``(m, d)``: centroids ``(k, d)`` and a chunk assigner."""
+    from sklearn.cluster import KMeans
+
+    kmeans = KMeans(n_clusters=k, n_init=1, max_iter=n_iter, random_state=seed % 2**32)
+    kmeans.fit(train)
+    centroids = np.ascontiguousarray(kmeans.cluster_centers_, dtype=np.float32)
+    return centroids, kmeans.predict
+
+
+def _training_sample(
+    x: np.ndarray, max_rows: int, seed: int | np.random.SeedSequence
+) -> np.ndarray:
+    """``(min(n, max_rows), d)`` float32 rows of ``x``, a uniform sample when ``n > max_rows``."""
+    n = x.shape[0]
+    if n <= max_rows:
+        return np.ascontiguousarray(x, dtype=np.float32)
+    rows = np.random.default_rng(seed).choice(n, size=max_rows, replace=False)
+    # Ascending rows read a memory map front to back instead of seeking at random.
+    return np.ascontiguousarray(x[np.sort(rows)], dtype=np.float32)
