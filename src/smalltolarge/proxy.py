@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from smalltolarge.errors import S2LError
@@ -170,7 +170,9 @@ def train_proxy(
         data_collator=lambda examples: collate(examples, pad_id),
         callbacks=[CheckpointCallback(steps, proxy_dir)],
     )
-    if progress:
+    if not progress:
+        trainer.remove_callback(PrinterCallback)
+    else:
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(LossProgressCallback())
         print(

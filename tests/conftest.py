@@ -1,0 +1,74 @@
+"""Shared fixtures: a small real pool and a tiny proxy trained and scored on it once per session.
+
+The pool is the first examples of the bundled demo pool (real reasoning-gym items from several
+sources); the proxy is the ``tiny`` preset (a Llama-style model built from a config, with a BPE
+tokenizer trained on the pool). Tests that change a run work on a copy (``run_copy``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from smalltolarge.demo_data import DEMO_POOL  # noqa: E402
+from smalltolarge.prepare import prepare  # noqa: E402
+from smalltolarge.proxy import train_proxy  # noqa: E402
+from smalltolarge.runs import RunDir  # noqa: E402
+from smalltolarge.scoring import score_trajectories  # noqa: E402
+
+N_POOL = 120
+MAX_LENGTH = 128
+N_CHECKPOINTS = 4
+
+
+@pytest.fixture(scope="session")
+def pool_file(tmp_path_factory) -> Path:
+    """A JSONL pool of the first ``N_POOL`` bundled examples (Alpaca schema, with sources)."""
+    path = tmp_path_factory.mktemp("pool") / "pool.jsonl"
+    with open(DEMO_POOL, encoding="utf-8") as f:
+        lines = [next(f) for _ in range(N_POOL)]
+    path.write_text("".join(lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, pool_file) -> RunDir:
+    """A run directory with the pool prepared and the tiny proxy trained (fp32, 4 ckpts)."""
+    run = RunDir(tmp_path_factory.mktemp("runs") / "trained")
+    prepare(pool_file, run, proxy="tiny", max_length=MAX_LENGTH, progress=False)
+    train_proxy(run, epochs=2, batch_size=8, n_checkpoints=N_CHECKPOINTS, precision="fp32",
+                seed=0, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def scored_run(tmp_path_factory, trained_run) -> RunDir:
+    """A copy of ``trained_run`` with trajectories scored in fp32."""
+    run = RunDir(tmp_path_factory.mktemp("runs") / "scored")
+    shutil.copytree(trained_run.root, run.root)
+    score_trajectories(run, precision="fp32", progress=False)
+    return run
+
+
+@pytest.fixture
+def run_copy(tmp_path, scored_run) -> RunDir:
+    """A private, writable copy of the scored run."""
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(scored_run.root, run.root)
+    return run
+
+
+def pytest_configure(config):
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
