@@ -18,7 +18,7 @@ DEMO_SETTINGS = {
     "proxy": "tiny",
     "max_length": 256,
     "epochs": 3.0,
-    "n_checkpoints": 8,
+    "n_checkpoints": 12,
     "method": "s2l",
     "n_clusters": 100,
 }

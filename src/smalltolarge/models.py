@@ -47,8 +47,8 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # about 0.8M parameters; about 25k tokens/s of training on 2 CPU cores
-    "tiny": Preset(128, 2, 4, 384, 2048, learning_rate=2e-3, batch_size=16),
+    # about 0.7M parameters; trains at about 15k tokens/s on 2 CPU cores (bf16)
+    "tiny": Preset(128, 2, 4, 384, 2048, learning_rate=1e-3, batch_size=16),
     # about 5M parameters
     "small": Preset(256, 4, 4, 768, 8192, learning_rate=1e-3, batch_size=16),
 }

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
@@ -100,10 +101,9 @@ def train_proxy(
     learning_rate = learning_rate or (preset.learning_rate if preset else REFERENCE_LEARNING_RATE)
     batch_size = batch_size or (preset.batch_size if preset else REFERENCE_BATCH_SIZE)
     precision = resolve_precision(precision)
-    n_procs = max(
-        1, torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    )
-    steps_per_epoch = math.ceil(len(tok_pool) / (batch_size * n_procs * grad_accum))
+    # Under `accelerate launch` every process runs this function; the state knows how many.
+    state = PartialState()
+    steps_per_epoch = math.ceil(len(tok_pool) / (batch_size * state.num_processes * grad_accum))
     total_steps = math.ceil(steps_per_epoch * epochs)
     if checkpoint_every is not None:
         n_checkpoints = None
@@ -132,9 +132,11 @@ def train_proxy(
         model = load_causal_lm(proxy)
     proxy_dir = run_dir.proxy_dir
     resume_dir = proxy_dir / "resume"
-    _discard_stale(proxy_dir, resume_dir, fp)
-    proxy_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(resume_dir / "fingerprint.json", {"fingerprint": fp})
+    if state.is_main_process:
+        _discard_stale(proxy_dir, resume_dir, fp)
+        proxy_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(resume_dir / "fingerprint.json", {"fingerprint": fp})
+    state.wait_for_everyone()
 
     args = TrainingArguments(
         output_dir=str(resume_dir),
@@ -239,6 +241,11 @@ class CheckpointCallback(TrainerCallback):
 class LossProgressCallback(ProgressCallback):
     """Trainer's progress bar (steps, ETA), with the latest loss shown on the bar itself
     instead of a printed dictionary per logging step."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.training_bar is not None:
+            self.training_bar.set_description("training proxy")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and self.training_bar is not None and logs:

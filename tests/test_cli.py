@@ -1,0 +1,152 @@
+"""The ``s2l`` command: the stages are listed, a small end-to-end run, and bad input.
+
+Bad input must give a one-line ``error: ...`` on stderr, exit status 2, no traceback, and
+happen before any expensive work (no proxy is trained).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from smalltolarge.cli import main
+
+SMALL_RUN = ["--max-length", "128", "--epochs", "1", "--batch-size", "8", "--checkpoints", "3",
+             "--precision", "fp32", "--clusters", "6"]
+
+
+def s2l(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run the console entry point in-process; return (exit status, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["s2l", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    out, err = capsys.readouterr()
+    code = exit_info.value.code
+    return (0 if code is None else int(code)), out, err
+
+
+def assert_clean_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_help_lists_the_stages():
+    out = subprocess.run(
+        [sys.executable, "-m", "smalltolarge", "--help"], capture_output=True, text=True,
+        check=True,
+    ).stdout
+    for command in ("prepare", "train-proxy", "score", "select", "run", "demo"):
+        assert command in out
+
+
+def test_end_to_end_run_then_reuse(monkeypatch, capsys, pool_file, tmp_path):
+    run_dir = tmp_path / "run"
+    code, out, err = s2l(monkeypatch, capsys, "run", pool_file, "--run-dir", run_dir,
+                         *SMALL_RUN, "--budget", "0.25")
+    assert code == 0, err
+    assert "selected 30 of 120 examples" in out
+    assert "examples per source" in out
+    selection = run_dir / "selections" / "s2l-0.25-seed0"
+    ids = (selection / "ids.txt").read_text().splitlines()
+    assert len(ids) == 30
+    assert len((selection / "subset.jsonl").read_text().splitlines()) == 30
+    losses = np.load(run_dir / "trajectories" / "losses.npy")
+    assert losses.shape[1] == 3 and np.isfinite(losses).all()
+    proxy_mtime = (run_dir / "proxy" / "proxy.json").stat().st_mtime_ns
+
+    # a new budget redoes only the selection
+    code, out, err = s2l(monkeypatch, capsys, "run", pool_file, "--run-dir", run_dir,
+                         *SMALL_RUN, "--budget", "12")
+    assert code == 0, err
+    assert "up to date" in out
+    assert (run_dir / "proxy" / "proxy.json").stat().st_mtime_ns == proxy_mtime
+    assert len((run_dir / "selections" / "s2l-12-seed0" / "ids.txt").read_text().split()) == 12
+
+    # the stage commands work on the same run directory
+    code, out, err = s2l(monkeypatch, capsys, "select", "--run-dir", run_dir, "--method",
+                         "random", "--budget", "10%", "--seed", "3")
+    assert code == 0, err
+    assert len((run_dir / "selections" / "random-0.1-seed3" / "ids.txt").read_text().split()) == 12
+
+
+def write_jsonl(path, records, raw_lines=()):
+    lines = [json.dumps(r) for r in records] + list(raw_lines)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def good_records(n=20):
+    return [{"instruction": f"What is {i} + {i}?", "output": str(2 * i)} for i in range(n)]
+
+
+def test_malformed_jsonl_line_names_file_and_line(monkeypatch, capsys, tmp_path):
+    pool = write_jsonl(tmp_path / "pool.jsonl", good_records(2), ['{"instruction": "x", '])
+    code, _, err = s2l(monkeypatch, capsys, "run", pool, "--run-dir", tmp_path / "r")
+    assert_clean_error(code, err, "pool.jsonl line 3")
+    assert not (tmp_path / "r" / "proxy").exists()
+
+
+def test_missing_field(monkeypatch, capsys, tmp_path):
+    records = good_records(5)
+    del records[3]["output"]
+    pool = write_jsonl(tmp_path / "pool.jsonl", records)
+    code, _, err = s2l(monkeypatch, capsys, "prepare", pool, "--run-dir", tmp_path / "r")
+    assert_clean_error(code, err, "line 4", "missing field 'output'")
+
+
+def test_empty_response(monkeypatch, capsys, tmp_path):
+    records = good_records(5)
+    records[1]["output"] = "   "
+    pool = write_jsonl(tmp_path / "pool.jsonl", records)
+    code, _, err = s2l(monkeypatch, capsys, "run", pool, "--run-dir", tmp_path / "r")
+    assert_clean_error(code, err, "line 2", "empty response")
+    assert not (tmp_path / "r").exists() or not (tmp_path / "r" / "proxy").exists()
+
+
+def test_skip_invalid_drops_and_reports(monkeypatch, capsys, tmp_path):
+    records = good_records(5)
+    records[1]["output"] = ""
+    pool = write_jsonl(tmp_path / "pool.jsonl", records)
+    code, out, err = s2l(monkeypatch, capsys, "prepare", pool, "--run-dir", tmp_path / "r",
+                         "--skip-invalid")
+    assert code == 0, err
+    assert "skipped 1 invalid examples" in out
+    assert "4 scorable examples" in out
+
+
+@pytest.mark.parametrize("budget", ["0", "-5", "21", "1.5"])
+def test_bad_budget_is_refused_before_training(monkeypatch, capsys, tmp_path, budget):
+    pool = write_jsonl(tmp_path / "pool.jsonl", good_records(20))
+    code, _, err = s2l(monkeypatch, capsys, "run", pool, "--run-dir", tmp_path / "r",
+                       "--budget", budget)
+    assert_clean_error(code, err, "budget")
+    assert not (tmp_path / "r" / "proxy").exists()
+
+
+def test_trajectories_of_another_pool_are_refused(monkeypatch, capsys, pool_file, run_copy,
+                                                  tmp_path):
+    edited = tmp_path / "edited.jsonl"
+    text = pool_file.read_text()
+    edited.write_text(text.replace('"output":"', '"output":"Edited. ', 1))
+    code, _, err = s2l(monkeypatch, capsys, "prepare", edited, "--run-dir", run_copy.root,
+                       "--max-length", "128")
+    assert code == 0, err
+    code, _, err = s2l(monkeypatch, capsys, "select", "--run-dir", run_copy.root)
+    assert_clean_error(code, err, "different pool")
+
+
+def test_unknown_method_and_missing_run(monkeypatch, capsys, run_copy, tmp_path):
+    code, _, err = s2l(monkeypatch, capsys, "select", "--run-dir", run_copy.root, "--method",
+                       "magic")
+    assert_clean_error(code, err, "unknown selection method 'magic'")
+    code, _, err = s2l(monkeypatch, capsys, "score", "--run-dir", tmp_path / "nothing")
+    assert_clean_error(code, err, "s2l prepare")
