@@ -19,9 +19,12 @@ from smalltolarge.formatting import TokenisedPool, format_prompt, load_tokenised
 from smalltolarge.models import PRESETS, load_causal_lm, load_tokenizer
 from smalltolarge.pipeline import RunResult, run_pipeline
 from smalltolarge.prepare import prepare
-from smalltolarge.proxy import CheckpointCallback, checkpoint_steps, list_checkpoints, train_proxy
+from smalltolarge.proxy import CheckpointCallback, list_checkpoints, train_proxy
 from smalltolarge.runs import RunDir
 from smalltolarge.scoring import (
+    TrajectoryCallback,
+    TrajectoryRecorder,
+    checkpoint_steps,
     load_run_trajectories,
     response_losses,
     score_model,
@@ -58,6 +61,8 @@ __all__ = [
     "Stratified",
     "TokenisedPool",
     "Trajectories",
+    "TrajectoryCallback",
+    "TrajectoryRecorder",
     "checkpoint_steps",
     "format_prompt",
     "list_checkpoints",

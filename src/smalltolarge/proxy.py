@@ -12,13 +12,10 @@ instead of starting over; it is deleted when training finishes.
 from __future__ import annotations
 
 import math
-import re
 import shutil
 from pathlib import Path
-from typing import Any
 
 import torch
-from accelerate import PartialState
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
@@ -36,39 +33,32 @@ from smalltolarge.models import (
     load_tokenizer,
     resolve_precision,
 )
-from smalltolarge.runs import RunDir, atomic_dir, atomic_write_json, fingerprint, read_json
+from smalltolarge.runs import (
+    RunDir,
+    atomic_dir,
+    atomic_write_json,
+    distributed_state,
+    fingerprint,
+    list_checkpoints,
+    read_json,
+    read_proxy_meta,
+    stage_is_current,
+)
+from smalltolarge.scoring import (
+    DEFAULT_MAX_TOKENS,
+    TrajectoryCallback,
+    checkpoint_steps,
+    trajectory_fingerprint,
+)
 
-_STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-def checkpoint_steps(
-    total_steps: int, n_checkpoints: int | None = None, every: int | None = None
-) -> list[int]:
-    """The steps at which to keep the proxy's weights.
-
-    ``n_checkpoints`` evenly spaced points ending at the last step, or every ``every`` steps
-    (the reference code: every 500). Exactly one of the two must be given.
-    """
-    if (n_checkpoints is None) == (every is None):
-        raise S2LError("give either a number of checkpoints or a checkpoint interval, not both")
-    if total_steps < 1:
-        raise S2LError("training has no steps: the pool is empty or the batch too large")
-    if every is not None:
-        if every < 1:
-            raise S2LError(f"checkpoint interval must be positive, not {every}")
-        steps = list(range(every, total_steps + 1, every))
-        if not steps:
-            raise S2LError(f"checkpoint interval {every} exceeds the {total_steps} training steps")
-        return steps
-    assert n_checkpoints is not None
-    if n_checkpoints < 1:
-        raise S2LError(f"number of checkpoints must be positive, not {n_checkpoints}")
-    if n_checkpoints > total_steps:
-        raise S2LError(
-            f"{n_checkpoints} checkpoints asked for, but training has only {total_steps} steps; "
-            "ask for fewer checkpoints, more epochs or a smaller batch"
-        )
-    return sorted({round(total_steps * k / n_checkpoints) for k in range(1, n_checkpoints + 1)})
+# Re-exported: where users of the proxy stage look for them.
+__all__ = [
+    "CheckpointCallback",
+    "checkpoint_steps",
+    "list_checkpoints",
+    "read_proxy_meta",
+    "train_proxy",
+]
 
 
 def train_proxy(
@@ -83,16 +73,23 @@ def train_proxy(
     checkpoint_every: int | None = None,
     seed: int = 0,
     precision: str = "auto",
+    save_checkpoints: bool = True,
+    record: bool = True,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    embeddings: bool = True,
     force: bool = False,
     progress: bool = True,
 ) -> list[tuple[int, Path]]:
     """Train the run's proxy on its tokenised pool; return ``[(step, checkpoint_dir), ...]``.
 
-    Reads ``tokenised/``, ``tokenised.json`` and ``tokenizer/``; writes ``proxy/step-*`` and
-    ``proxy/proxy.json``. ``learning_rate`` and ``batch_size`` default to the preset's values
-    for a preset proxy and to S2L's reference values (2e-5, 128) for a pretrained one; the
-    effective batch is ``batch_size * grad_accum * processes``. Skipped when ``proxy.json``
-    records the same inputs and settings, unless ``force``.
+    Reads ``tokenised/``, ``tokenised.json`` and ``tokenizer/``; writes ``proxy/proxy.json``,
+    ``proxy/step-*`` (weights only) when ``save_checkpoints``, and, when ``record``, the
+    trajectories themselves (``trajectories/``, scored in training at the same steps by
+    :class:`~smalltolarge.scoring.TrajectoryCallback`, so that ``s2l score`` has nothing left
+    to do). ``learning_rate`` and ``batch_size`` default to the preset's values for a preset
+    proxy and to S2L's reference values (2e-5, 128) for a pretrained one; the effective batch
+    is ``batch_size * grad_accum * processes``. Skipped when ``proxy.json`` records the same
+    inputs and settings and every asked-for output exists, unless ``force``.
     """
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     tok_pool = load_tokenised(run_dir)
@@ -102,7 +99,7 @@ def train_proxy(
     batch_size = batch_size or (preset.batch_size if preset else REFERENCE_BATCH_SIZE)
     precision = resolve_precision(precision)
     # Under `accelerate launch` every process runs this function; the state knows how many.
-    state = PartialState()
+    state = distributed_state()
     steps_per_epoch = math.ceil(len(tok_pool) / (batch_size * state.num_processes * grad_accum))
     total_steps = math.ceil(steps_per_epoch * epochs)
     if checkpoint_every is not None:
@@ -120,10 +117,11 @@ def train_proxy(
         "precision": precision,
     }
     fp = fingerprint(tok_pool.fingerprint, settings)
-    if not force and _is_complete(run_dir, fp):
+    traj_fp = trajectory_fingerprint(tok_pool.fingerprint, fp, precision)
+    if not force and _is_complete(run_dir, fp, traj_fp, save_checkpoints, record):
         if progress:
             print(f"proxy: {run_dir.proxy_dir} is up to date ({len(steps)} checkpoints), skipped")
-        return list_checkpoints(run_dir.proxy_dir)
+        return _saved_checkpoints(run_dir)
 
     tokenizer = load_tokenizer(run_dir.tokenizer_dir)
     if is_preset(proxy):
@@ -165,12 +163,29 @@ def train_proxy(
         use_cpu=not torch.cuda.is_available(),
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    callbacks: list[TrainerCallback] = []
+    if save_checkpoints:
+        callbacks.append(CheckpointCallback(steps, proxy_dir))
+    if record:
+        callbacks.append(
+            TrajectoryCallback(
+                run_dir,
+                steps,
+                precision=precision,
+                max_tokens=max_tokens,
+                embeddings=embeddings,
+                fingerprint=traj_fp,
+                pad_id=pad_id,
+                progress=progress,
+                meta={"proxy_fingerprint": fp, "proxy": proxy, "recorded": "during training"},
+            )
+        )
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=tok_pool.dataset,
         data_collator=lambda examples: collate(examples, pad_id),
-        callbacks=[CheckpointCallback(steps, proxy_dir)],
+        callbacks=callbacks,
     )
     if not progress:
         trainer.remove_callback(PrinterCallback)
@@ -196,31 +211,12 @@ def train_proxy(
                 "n_parameters": count_parameters(model),
                 "pad_token_id": pad_id,
                 "final_train_loss": _last_logged_loss(trainer),
+                "save_checkpoints": save_checkpoints,
+                "recorded_trajectories": record,
             },
         )
         shutil.rmtree(resume_dir, ignore_errors=True)
-    return list_checkpoints(proxy_dir)
-
-
-def list_checkpoints(proxy_dir: str | Path) -> list[tuple[int, Path]]:
-    """``[(step, path), ...]`` of the saved proxy checkpoints, in training-step order."""
-    proxy_dir = Path(proxy_dir)
-    found = []
-    if proxy_dir.is_dir():
-        for child in proxy_dir.iterdir():
-            match = _STEP_DIR.match(child.name)
-            if match and child.is_dir():
-                found.append((int(match.group(1)), child))
-    if not found:
-        raise S2LError(f"{proxy_dir}: no proxy checkpoints (run `s2l train-proxy` first)")
-    return sorted(found)
-
-
-def read_proxy_meta(run_dir: RunDir) -> dict[str, Any]:
-    """The ``proxy.json`` of a finished proxy run."""
-    if not run_dir.proxy_meta.is_file():
-        raise S2LError(f"{run_dir.root}: the proxy is not trained (run `s2l train-proxy` first)")
-    return read_json(run_dir.proxy_meta)
+    return _saved_checkpoints(run_dir)
 
 
 class CheckpointCallback(TrainerCallback):
@@ -254,11 +250,22 @@ class LossProgressCallback(ProgressCallback):
                 self.training_bar.set_postfix(shown, refresh=False)
 
 
-def _is_complete(run_dir: RunDir, fp: str) -> bool:
-    if not run_dir.proxy_meta.is_file() or read_json(run_dir.proxy_meta)["fingerprint"] != fp:
+def _is_complete(
+    run_dir: RunDir, fp: str, traj_fp: str, save_checkpoints: bool, record: bool
+) -> bool:
+    if not stage_is_current(run_dir.proxy_meta, fp):
         return False
-    saved = {s for s, _ in list_checkpoints(run_dir.proxy_dir)}
-    return saved == set(read_json(run_dir.proxy_meta)["checkpoint_steps"])
+    if record and not stage_is_current(run_dir.trajectories_dir / "meta.json", traj_fp):
+        return False
+    saved = {s for s, _ in _saved_checkpoints(run_dir)}
+    return not save_checkpoints or saved == set(read_json(run_dir.proxy_meta)["checkpoint_steps"])
+
+
+def _saved_checkpoints(run_dir: RunDir) -> list[tuple[int, Path]]:
+    try:
+        return list_checkpoints(run_dir.proxy_dir)
+    except S2LError:
+        return []
 
 
 def _discard_stale(proxy_dir: Path, resume_dir: Path, fp: str) -> None:

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -20,6 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from smalltolarge.errors import S2LError
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def fingerprint(*parts: Any) -> str:
@@ -160,3 +165,36 @@ class RunDir:
 
     def selection_dir(self, name: str) -> Path:
         return self.selections_dir / name
+
+
+def list_checkpoints(proxy_dir: str | Path) -> list[tuple[int, Path]]:
+    """``[(step, path), ...]`` of the saved proxy checkpoints, in training-step order."""
+    proxy_dir = Path(proxy_dir)
+    found = []
+    if proxy_dir.is_dir():
+        for child in proxy_dir.iterdir():
+            match = _STEP_DIR.match(child.name)
+            if match and child.is_dir():
+                found.append((int(match.group(1)), child))
+    if not found:
+        raise S2LError(f"{proxy_dir}: no proxy checkpoints (run `s2l train-proxy` first)")
+    return sorted(found)
+
+
+def read_proxy_meta(run_dir: RunDir) -> dict[str, Any]:
+    """The ``proxy.json`` of a finished proxy run."""
+    if not run_dir.proxy_meta.is_file():
+        raise S2LError(f"{run_dir.root}: the proxy is not trained (run `s2l train-proxy` first)")
+    return read_json(run_dir.proxy_meta)
+
+
+def distributed_state():
+    """The process group of this run: one process, or those of ``accelerate launch``/torchrun.
+
+    On a machine without CUDA the processes talk over gloo (accelerate's MULTI_CPU); creating
+    the state with ``cpu=True`` there matters, since accelerate keeps the first state made.
+    """
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())

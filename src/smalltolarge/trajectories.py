@@ -4,6 +4,8 @@ On disk (``RUN/trajectories/``):
 
 - ``losses.npy``: float32, shape (n_examples, n_checkpoints), columns in training-step order;
 - ``ids.parquet``: one column ``id`` (string), row i names the example of ``losses[i]``;
+- ``embeddings.npy`` (optional): float32, shape (n_examples, hidden), the proxy's last hidden
+  state mean-pooled over each example's tokens at the final checkpoint (embedding baselines);
 - ``meta.json``: ``steps`` (the checkpoint steps, increasing), ``fingerprint`` (of everything
   the losses depend on), ``pool_fingerprint``, ``tokenised_fingerprint``, and how they were
   computed.
@@ -39,6 +41,7 @@ class Trajectories:
     ids: np.ndarray
     steps: list[int]
     meta: dict[str, Any] = field(default_factory=dict)
+    embeddings: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.ids = np.asarray(self.ids, dtype=object)
@@ -51,6 +54,8 @@ class Trajectories:
             raise S2LError(f"trajectories have {t} columns but {len(self.steps)} steps")
         if any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)):
             raise S2LError(f"checkpoint steps must increase, got {self.steps}")
+        if self.embeddings is not None and len(self.embeddings) != n:
+            raise S2LError(f"trajectories have {n} rows but {len(self.embeddings)} embeddings")
 
     @property
     def fingerprint(self) -> str | None:
@@ -63,6 +68,9 @@ class Trajectories:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "meta.json").unlink(missing_ok=True)
         atomic_save_npy(directory / "losses.npy", np.ascontiguousarray(self.losses, np.float32))
+        (directory / "embeddings.npy").unlink(missing_ok=True)
+        if self.embeddings is not None:
+            atomic_save_npy(directory / "embeddings.npy", np.asarray(self.embeddings, np.float32))
         tmp = directory / ".ids.parquet.tmp"
         pq.write_table(pa.table({"id": pa.array([str(i) for i in self.ids])}), tmp)
         os.replace(tmp, directory / "ids.parquet")
@@ -78,7 +86,11 @@ class Trajectories:
         losses = np.load(directory / "losses.npy", mmap_mode="r" if mmap else None)
         ids = pq.read_table(directory / "ids.parquet").column("id").to_numpy(zero_copy_only=False)
         steps = meta.pop("steps")
-        return cls(losses=losses, ids=ids, steps=steps, meta=meta)
+        emb_path = directory / "embeddings.npy"
+        embeddings = (
+            np.load(emb_path, mmap_mode="r" if mmap else None) if emb_path.is_file() else None
+        )
+        return cls(losses=losses, ids=ids, steps=steps, meta=meta, embeddings=embeddings)
 
     def check_matches(
         self,

@@ -1,0 +1,558 @@
+"""Fine-tune the large target model on a selected subset (the last stage of S2L).
+
+The subset is read like any pool (:func:`~smalltolarge.data.load_pool`), or from a selection
+directory (``selections/NAME/``), and tokenised with the target's own tokenizer through
+:func:`~smalltolarge.formatting.tokenise_pool`: the same template and the same response-only
+loss (response + eos) that the proxy was trained and scored with. Training mirrors
+:func:`smalltolarge.proxy.train_proxy`: the Hugging Face ``Trainer`` (AdamW, cosine schedule
+with warm-up, gradient accumulation, bf16/fp16, length-grouped batches, multi-GPU through
+``accelerate launch``), a resumable trainer state in ``OUT/resume/`` guarded by a fingerprint
+marker, and a skip when ``OUT/finetune.json`` records the same inputs and settings.
+
+Full fine-tuning is the default; ``lora=True`` trains LoRA adapters with ``peft`` and merges
+them into the weights before saving, so ``OUT/model/`` is always a plain model directory
+(weights, config, tokenizer) that ``AutoModelForCausalLM.from_pretrained`` loads without peft.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import PartialState
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import get_last_checkpoint
+
+from smalltolarge.data import load_pool
+from smalltolarge.errors import S2LError
+from smalltolarge.formatting import TokenArrays, TokenisedPool, collate, tokenise_pool
+from smalltolarge.models import (
+    autocast_dtype,
+    count_parameters,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_precision,
+)
+from smalltolarge.proxy import LossProgressCallback
+from smalltolarge.runs import (
+    atomic_dir,
+    atomic_write_json,
+    fingerprint,
+    read_json,
+    stage_is_current,
+)
+
+#: Bumped when a change to this module changes what the same settings produce.
+_VERSION = "finetune-v1"
+#: Roughly this many resumable checkpoints per run: a full model's trainer state (weights and
+#: two AdamW moments) is three times its size, so saving it every few steps would dominate.
+_CHECKPOINTS_PER_RUN = 10
+#: Excluded ids named in messages and in finetune.json (all of them are counted).
+_SHOWN_EXCLUDED = 10
+_LOAD_POOL_OPTIONS = frozenset(inspect.signature(load_pool).parameters) - {"path_or_name"}
+
+
+@dataclass
+class FinetuneResult:
+    """A fine-tuned target: where the saved model lies and how training went.
+
+    ``train_loss_first``/``train_loss_last`` are the first and last logged training losses
+    (mean response-token loss over the logging interval; the first is step 1's). ``seconds``
+    is the training time of the call that finished the run (a resumed run counts only its own
+    part; a skipped call reports the recorded run's). ``skipped`` is True when an up-to-date
+    result was found and nothing was trained.
+    """
+
+    model_dir: Path
+    n_train: int
+    train_loss_first: float | None
+    train_loss_last: float | None
+    seconds: float
+    skipped: bool
+    n_excluded: int = 0
+
+
+def finetune(
+    model: str | os.PathLike,
+    train_data: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    template: str = "alpaca",
+    max_length: int = 512,
+    epochs: float = 3.0,
+    learning_rate: float = 2e-5,
+    batch_size: int = 8,
+    grad_accum: int = 1,
+    warmup_ratio: float = 0.03,
+    lora: bool = False,
+    lora_r: int = 16,
+    lora_alpha: int = 32,
+    lora_dropout: float = 0.05,
+    lora_target_modules: list[str] | None = None,
+    precision: str = "auto",
+    seed: int = 0,
+    save_steps: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+    callbacks: list[TrainerCallback] | None = None,
+    **load_kwargs: Any,
+) -> FinetuneResult:
+    """Fine-tune ``model`` on ``train_data`` and save it as a plain HF model in ``OUT/model``.
+
+    Args:
+        model: the target causal LM, a HF name or a local directory (anything
+            :func:`~smalltolarge.models.load_causal_lm` loads); its tokenizer is used.
+        train_data: a pool file, directory or dataset name readable by
+            :func:`~smalltolarge.data.load_pool` (``load_kwargs`` such as ``prompt_column``
+            are passed on), or a selection directory ``RUN/selections/NAME/``, whose subset
+            file is read with the column names its run was prepared with.
+        out_dir: where ``model/``, ``finetune.json`` and, while training, ``resume/`` go.
+        template, max_length: as for the proxy; examples whose prompt fills ``max_length``
+            are excluded (counted and named in ``finetune.json``), longer responses are cut.
+        epochs, learning_rate, batch_size, grad_accum, warmup_ratio: AdamW with a cosine
+            schedule; the effective batch is ``batch_size * grad_accum * processes``.
+        lora: train LoRA adapters (rank ``lora_r``, scale ``lora_alpha``, ``lora_dropout``)
+            on ``lora_target_modules`` (default: peft's choice for a known architecture, else
+            every linear layer) instead of every weight; merged into the saved model.
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` mixed precision. Full
+            fine-tuning keeps fp32 master weights; under LoRA the frozen base is loaded in
+            the training precision, which halves its memory.
+        seed: seeds the LoRA initialisation, the data order and dropout.
+        save_steps: steps between resumable checkpoints (default: about ten per run). Not part
+            of the fingerprint: it changes when progress is saved, not what is trained.
+        force: train even when ``finetune.json`` records the same inputs and settings.
+        progress: a progress bar with loss and ETA, and a few summary lines; False is silent.
+        callbacks: extra ``TrainerCallback`` objects handed to the ``Trainer`` (an extension
+            point, e.g. for custom logging or to stop a run early).
+
+    Raises:
+        S2LError: unreadable or empty training data, no example fitting ``max_length``, a
+            model or tokenizer that cannot be loaded, or invalid LoRA settings.
+    """
+    unknown = set(load_kwargs) - _LOAD_POOL_OPTIONS
+    if unknown:
+        raise TypeError(
+            f"finetune() got unexpected keyword arguments: {', '.join(sorted(unknown))}"
+        )
+    if lora:
+        _check_lora(lora_r, lora_alpha, lora_dropout, lora_target_modules)
+    if save_steps is not None and save_steps < 1:
+        raise S2LError(f"save_steps must be positive, not {save_steps}")
+    out_dir = Path(out_dir)
+    model_dir, resume_dir = out_dir / "model", out_dir / "resume"
+    meta_path = out_dir / "finetune.json"
+    say = print if progress else _silent
+    # Under `accelerate launch` every process runs this function; the state knows how many.
+    state = PartialState()
+
+    data_path, data_kwargs = resolve_train_data(train_data)
+    pool = load_pool(data_path, **{**data_kwargs, **load_kwargs})
+    tokenizer = load_tokenizer(model)
+    tok_pool = tokenise_pool(pool, tokenizer, template=template, max_length=max_length)
+    precision = resolve_precision(precision)
+    lora_settings = (
+        {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout, "targets": lora_target_modules}
+        if lora
+        else None
+    )
+    settings = {
+        "model": str(model),
+        "train_data": str(data_path),
+        "template": template,
+        "max_length": max_length,
+        "epochs": epochs,
+        "learning_rate": learning_rate,
+        "batch_size": batch_size,
+        "grad_accum": grad_accum,
+        "warmup_ratio": warmup_ratio,
+        "lora": lora_settings,
+        "precision": precision,
+        "seed": seed,
+    }
+    fp = fingerprint(tok_pool.fingerprint, _model_identity(model), settings, _VERSION)
+    if not force and stage_is_current(meta_path, fp) and (model_dir / "config.json").is_file():
+        say(f"finetune: {model_dir} is up to date, skipped")
+        return _result(out_dir, read_json(meta_path), skipped=True)
+    _report_data(tok_pool, data_path, say)
+
+    steps_per_epoch = math.ceil(len(tok_pool) / (batch_size * state.num_processes * grad_accum))
+    total_steps = math.ceil(steps_per_epoch * epochs)
+    if total_steps < 1:
+        raise S2LError(f"training has no steps: epochs={epochs} is too small")
+    if save_steps is None:
+        save_steps = max(1, math.ceil(total_steps / _CHECKPOINTS_PER_RUN))
+
+    # A frozen LoRA base only needs the training precision; fully trained weights stay fp32
+    # so that small updates are not rounded away (autocast does the low-precision maths).
+    load_dtype = (autocast_dtype(precision) if lora else None) or torch.float32
+    net = load_causal_lm(model, dtype=load_dtype)
+    _check_vocabulary(net, tok_pool, model)
+    n_parameters = count_parameters(net)
+    lora_targets = None
+    if lora:
+        net, lora_targets = _add_lora(
+            net, lora_r, lora_alpha, lora_dropout, lora_target_modules, seed
+        )
+    n_trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+    if state.is_main_process:
+        _discard_stale_resume(resume_dir, fp)
+        atomic_write_json(resume_dir / "fingerprint.json", {"fingerprint": fp})
+    state.wait_for_everyone()
+
+    args = TrainingArguments(
+        output_dir=str(resume_dir),
+        num_train_epochs=epochs,
+        max_steps=total_steps,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
+        learning_rate=learning_rate,
+        lr_scheduler_type="cosine",
+        # a float below 1 is read as a fraction of the total steps
+        warmup_steps=warmup_ratio,
+        weight_decay=0.0,
+        optim="adamw_torch",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        logging_steps=max(1, total_steps // 50),
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=1,
+        seed=seed,
+        data_seed=seed,
+        train_sampling_strategy="group_by_length",
+        remove_unused_columns=False,
+        # peft's forward takes **kwargs, from which Trainer cannot tell the label column
+        label_names=["labels"],
+        report_to="none",
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    # Padding is masked out of attention and loss, so any id will do; eos avoids adding a
+    # token (and resizing the embeddings) for tokenizers that have no pad token.
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    trainer = _SeededOrderTrainer(
+        model=net,
+        args=args,
+        train_dataset=tok_pool.dataset,
+        data_collator=lambda examples: collate(examples, pad_id),
+        callbacks=list(callbacks or []),
+    )
+    if progress:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(_FinetuneProgressCallback())
+    else:
+        trainer.remove_callback(PrinterCallback)
+    last = get_last_checkpoint(str(resume_dir)) if resume_dir.is_dir() else None
+    resumed_from = int(last.rsplit("-", 1)[-1]) if last else None
+    what = f"LoRA r={lora_r} on {sorted(lora_targets or [])}" if lora else "all weights"
+    say(
+        f"finetune: training {model} ({n_parameters / 1e6:.2f}M parameters, {what}, "
+        f"{n_trainable / 1e6:.2f}M trainable) on {len(tok_pool)} examples, {total_steps} steps"
+        + (f", resuming from step {resumed_from}" if last else "")
+    )
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=last)
+    seconds = time.perf_counter() - started
+
+    if state.is_main_process:
+        # An old finetune.json next to a half-replaced model/ would vouch for the wrong weights.
+        meta_path.unlink(missing_ok=True)
+    _save_model(trainer, tokenizer, model_dir, merge_lora=lora, state=state)
+    losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+    meta = {
+        "fingerprint": fp,
+        "tokenised_fingerprint": tok_pool.fingerprint,
+        "pool_fingerprint": tok_pool.pool_fingerprint,
+        **settings,
+        "lora_target_modules": sorted(lora_targets) if lora_targets else None,
+        "n_train": len(tok_pool),
+        "n_truncated": tok_pool.n_truncated,
+        "n_excluded": len(tok_pool.excluded),
+        "excluded_ids": [e["id"] for e in tok_pool.excluded[:_SHOWN_EXCLUDED]],
+        "total_steps": total_steps,
+        "global_step": trainer.state.global_step,
+        "resumed_from_step": resumed_from,
+        "processes": state.num_processes,
+        "pad_token_id": pad_id,
+        "train_loss_first": losses[0][1] if losses else None,
+        "train_loss_last": losses[-1][1] if losses else None,
+        "train_loss_history": [[s, loss] for s, loss in losses],
+        "seconds": round(seconds, 2),
+        "n_parameters": n_parameters,
+        "n_trainable_parameters": n_trainable,
+    }
+    if state.is_main_process:
+        atomic_write_json(meta_path, meta)
+        shutil.rmtree(resume_dir, ignore_errors=True)
+    say(
+        f"finetune: saved {model_dir} (train loss {_fmt(meta['train_loss_first'])} -> "
+        f"{_fmt(meta['train_loss_last'])}, {seconds:.0f} s)"
+    )
+    return _result(out_dir, meta, skipped=False)
+
+
+def resolve_train_data(train_data: str | os.PathLike) -> tuple[str, dict[str, Any]]:
+    """The path to load for ``train_data``, and ``load_pool`` options it implies.
+
+    A selection directory (one with a ``summary.json`` naming its ``subset_file``) gives its
+    subset file, plus the column names its run's ``pool.json`` was loaded with, because the
+    subset keeps the input's own columns and a pool prepared with ``--prompt-column`` would
+    not be recognised again without them. Anything else is passed to ``load_pool`` as it is.
+    """
+    path = Path(train_data)
+    summary_path = path / "summary.json"
+    if not path.is_dir():
+        return os.fspath(train_data), {}
+    if not summary_path.is_file():
+        if (path / "ids.txt").is_file():
+            raise S2LError(f"{path}: an unfinished selection (no summary.json); select again")
+        return os.fspath(train_data), {}
+    summary = read_json(summary_path)
+    if not isinstance(summary, dict) or "subset_file" not in summary:
+        return os.fspath(train_data), {}
+    subset = path / summary["subset_file"]
+    if not subset.exists():
+        raise S2LError(
+            f"{path}: the subset file {summary['subset_file']} named in summary.json is missing"
+        )
+    return os.fspath(subset), _pool_columns(path.parent.parent / "pool.json")
+
+
+class _SeededOrderTrainer(Trainer):
+    """``Trainer`` whose length-grouped batch order is a function of the seed and the epoch.
+
+    The stock length-grouped sampler draws each epoch's order from the global RNG, which a
+    resumed run reaches in another state than an uninterrupted one, so a run resumed after
+    its first epoch would train on other batches. With the order seeded per epoch, a resumed
+    run trains on exactly the batches of an uninterrupted one.
+    """
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return _EpochSeededLengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            lengths=list(dataset[self.args.length_column_name]),
+            seed=seed,
+        )
+
+
+class _EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped order drawn from a generator seeded with ``(seed, epoch)``.
+
+    accelerate's data loaders call ``set_epoch`` before every epoch, also after a resume.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        entropy = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]
+        self.generator = torch.Generator().manual_seed(int(entropy))
+        return super().__iter__()
+
+
+class _FinetuneProgressCallback(LossProgressCallback):
+    """The proxy's progress bar (steps, ETA, latest loss), labelled for this stage."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # ProgressCallback's own, skipping LossProgressCallback's proxy label: the bar would
+        # flash "training proxy" before being relabelled
+        ProgressCallback.on_train_begin(self, args, state, control, **kwargs)
+        if self.training_bar is not None:
+            self.training_bar.set_description("fine-tuning")
+
+
+def _check_lora(r: int, alpha: float, dropout: float, targets: list[str] | None) -> None:
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        raise S2LError(f"lora_r must be a positive integer, not {r!r}")
+    if not alpha > 0:
+        raise S2LError(f"lora_alpha must be positive, not {alpha!r}")
+    if not 0 <= dropout < 1:
+        raise S2LError(f"lora_dropout must be in [0, 1), not {dropout!r}")
+    if targets is not None and (
+        isinstance(targets, str)
+        or not targets
+        or not all(isinstance(t, str) and t for t in targets)
+    ):
+        raise S2LError(
+            f"lora_target_modules must be a non-empty list of module names, not {targets!r}"
+        )
+
+
+def _pool_columns(pool_meta: Path) -> dict[str, Any]:
+    """``load_pool`` column options reproducing the schema recorded in a run's ``pool.json``."""
+    if not pool_meta.is_file():
+        return {}
+    schema = read_json(pool_meta).get("schema") or {}
+    names = {"input": "input_column", "source": "source_column", "id": "id_column"}
+    if schema.get("kind") != "messages":
+        # naming the chat column as prompt/response would turn the chat schema off
+        names.update(prompt="prompt_column", response="response_column")
+    return {option: schema[key] for key, option in names.items() if schema.get(key)}
+
+
+def _model_identity(model: str | os.PathLike) -> dict[str, Any]:
+    """What identifies the target for the fingerprint: its name, and for a local directory
+    its config and weight-file sizes, so a model replaced in place is trained again."""
+    path = Path(model)
+    if not path.is_dir():
+        return {"name": str(model)}
+    config = path / "config.json"
+    return {
+        "path": str(path.resolve()),
+        "config": config.read_text(encoding="utf-8") if config.is_file() else None,
+        "weights": sorted(
+            (p.name, p.stat().st_size)
+            for p in path.iterdir()
+            if p.suffix in (".safetensors", ".bin", ".pt")
+        ),
+    }
+
+
+def _report_data(tok_pool: TokenisedPool, data_path: str, say) -> None:
+    lengths = tok_pool.lengths
+    say(
+        f"finetune: {len(tok_pool)} training examples from {data_path}, {int(lengths.sum())} "
+        f"tokens (max {lengths.max()}), {tok_pool.n_truncated} truncated at "
+        f"max_length={tok_pool.max_length}"
+    )
+    if tok_pool.excluded:
+        ids = ", ".join(e["id"] for e in tok_pool.excluded[:_SHOWN_EXCLUDED])
+        more = " ..." if len(tok_pool.excluded) > _SHOWN_EXCLUDED else ""
+        say(
+            f"finetune: EXCLUDED {len(tok_pool.excluded)} examples whose prompt leaves no room "
+            f"for a response (ids {ids}{more})"
+        )
+
+
+def _check_vocabulary(net: PreTrainedModel, tok_pool: TokenisedPool, name: Any) -> None:
+    """Refuse a tokenizer whose ids the model has no embedding for (an index error deep in
+    the forward pass otherwise); the embeddings are never resized."""
+    n_embeddings = net.get_input_embeddings().num_embeddings
+    largest = int(TokenArrays.from_dataset(tok_pool.dataset).values.max())
+    if largest >= n_embeddings:
+        raise S2LError(
+            f"'{name}': the tokenizer produces token id {largest} but the model has only "
+            f"{n_embeddings} embeddings; the model and tokenizer do not match"
+        )
+
+
+def _add_lora(
+    net: PreTrainedModel,
+    r: int,
+    alpha: float,
+    dropout: float,
+    targets: list[str] | None,
+    seed: int,
+) -> tuple[torch.nn.Module, set[str]]:
+    """Wrap ``net`` with LoRA adapters; return the peft model and the adapted module names."""
+    try:
+        from peft import LoraConfig, TaskType, get_peft_model
+        from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as KNOWN
+    except ImportError as e:
+        raise S2LError("lora=True needs the peft package: pip install peft") from e
+    if targets is None and getattr(net.config, "model_type", None) not in KNOWN:
+        targets = "all-linear"
+    config = LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+    )
+    # LoRA's A matrices are drawn at random: seed them without disturbing the caller's RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            peft_model = get_peft_model(net, config)
+        except ValueError as e:
+            raise S2LError(f"cannot add LoRA adapters: {str(e).strip().splitlines()[0]}") from e
+    adapted = set(peft_model.peft_config["default"].target_modules)
+    return peft_model, adapted
+
+
+def _discard_stale_resume(resume_dir: Path, fp: str) -> None:
+    """Remove trainer state left by a run with other inputs or settings."""
+    marker = resume_dir / "fingerprint.json"
+    if marker.is_file() and read_json(marker).get("fingerprint") == fp:
+        return  # an interrupted run of this very training: keep it and resume
+    shutil.rmtree(resume_dir, ignore_errors=True)
+
+
+def _save_model(
+    trainer: Trainer,
+    tokenizer: Any,
+    model_dir: Path,
+    *,
+    merge_lora: bool,
+    state: PartialState,
+) -> None:
+    """Save the trained weights and the tokenizer as a plain model directory, atomically.
+
+    Every process takes part in ``trainer.save_model`` (FSDP and DeepSpeed gather sharded
+    weights there), so the weights go to a staging directory every process can name, which
+    the main process then moves into place.
+    """
+    staging = model_dir.with_name(f".{model_dir.name}.staging")
+    if state.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+    state.wait_for_everyone()
+    if merge_lora:
+        if state.is_main_process:
+            merged = trainer.model.merge_and_unload()
+            merged.save_pretrained(str(staging), safe_serialization=True)
+    else:
+        trainer.save_model(str(staging))
+    state.wait_for_everyone()
+    if state.is_main_process:
+        tokenizer.save_pretrained(str(staging))
+        # Trainer leaves its arguments beside the weights; they are not part of a model.
+        (staging / "training_args.bin").unlink(missing_ok=True)
+        with atomic_dir(model_dir) as tmp:
+            for child in staging.iterdir():
+                os.replace(child, tmp / child.name)
+        staging.rmdir()
+    state.wait_for_everyone()
+
+
+def _result(out_dir: Path, meta: dict[str, Any], *, skipped: bool) -> FinetuneResult:
+    return FinetuneResult(
+        model_dir=out_dir / "model",
+        n_train=meta["n_train"],
+        train_loss_first=meta["train_loss_first"],
+        train_loss_last=meta["train_loss_last"],
+        seconds=meta["seconds"],
+        skipped=skipped,
+        n_excluded=meta["n_excluded"],
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    return None
