@@ -206,6 +206,26 @@ def select_cmd(
     name: Annotated[
         str | None, typer.Option(help="Selection directory name.", show_default=False)
     ] = None,
+    trajectories: Annotated[
+        Path | None,
+        typer.Option(
+            help="Trajectories computed elsewhere: an N x T .npy (with "
+            "--trajectory-ids) or a .jsonl/.parquet/.csv with an id column and one "
+            "loss column per checkpoint.",
+            show_default=False,
+        ),
+    ] = None,
+    trajectory_ids: Annotated[
+        Path | None,
+        typer.Option(help="Ids of a .npy's rows (.txt, .json, .parquet).", show_default=False),
+    ] = None,
+    pool: Annotated[
+        str | None,
+        typer.Option(
+            help="The pool, when the run directory has none (with --trajectories).",
+            show_default=False,
+        ),
+    ] = None,
     force: ForceOpt = False,
 ) -> None:
     """5. Cluster the trajectories and select a balanced subset (or a baseline's)."""
@@ -220,6 +240,9 @@ def select_cmd(
         n_clusters=clusters,
         stratify_by=stratify_by,
         name=name,
+        trajectories=trajectories,
+        trajectory_ids=trajectory_ids,
+        pool=pool,
         force=force,
     )
     print_selection_summary(result.summary)

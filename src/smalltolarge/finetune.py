@@ -16,22 +16,24 @@ them into the weights before saving, so ``OUT/model/`` is always a plain model d
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from accelerate import PartialState
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import logging as hf_logging
 
 from smalltolarge.data import load_pool
 from smalltolarge.errors import S2LError
@@ -47,10 +49,14 @@ from smalltolarge.proxy import LossProgressCallback
 from smalltolarge.runs import (
     atomic_dir,
     atomic_write_json,
+    distributed_state,
     fingerprint,
     read_json,
     stage_is_current,
 )
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
 
 #: Bumped when a change to this module changes what the same settings produce.
 _VERSION = "finetune-v1"
@@ -59,6 +65,16 @@ _VERSION = "finetune-v1"
 _CHECKPOINTS_PER_RUN = 10
 #: Excluded ids named in messages and in finetune.json (all of them are counted).
 _SHOWN_EXCLUDED = 10
+#: The settings that go to TrainingArguments as they are.
+_TRAINER_SETTINGS = (
+    "epochs",
+    "learning_rate",
+    "batch_size",
+    "grad_accum",
+    "warmup_ratio",
+    "precision",
+    "seed",
+)
 _LOAD_POOL_OPTIONS = frozenset(inspect.signature(load_pool).parameters) - {"path_or_name"}
 
 
@@ -122,8 +138,9 @@ def finetune(
         epochs, learning_rate, batch_size, grad_accum, warmup_ratio: AdamW with a cosine
             schedule; the effective batch is ``batch_size * grad_accum * processes``.
         lora: train LoRA adapters (rank ``lora_r``, scale ``lora_alpha``, ``lora_dropout``)
-            on ``lora_target_modules`` (default: peft's choice for a known architecture, else
-            every linear layer) instead of every weight; merged into the saved model.
+            on ``lora_target_modules`` (module names, or ``"all-linear"``; default: peft's
+            choice for a known architecture, else every linear layer) instead of every
+            weight; merged into the saved model.
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` mixed precision. Full
             fine-tuning keeps fp32 master weights; under LoRA the frozen base is loaded in
             the training precision, which halves its memory.
@@ -137,37 +154,31 @@ def finetune(
 
     Raises:
         S2LError: unreadable or empty training data, no example fitting ``max_length``, a
-            model or tokenizer that cannot be loaded, or invalid LoRA settings.
+            model or tokenizer that cannot be loaded or that do not match, or an invalid
+            training or LoRA setting (checked before anything is loaded).
+        TypeError: a keyword argument that neither ``finetune`` nor ``load_pool`` takes.
     """
     unknown = set(load_kwargs) - _LOAD_POOL_OPTIONS
     if unknown:
         raise TypeError(
             f"finetune() got unexpected keyword arguments: {', '.join(sorted(unknown))}"
         )
+    _check_settings(epochs, learning_rate, batch_size, grad_accum, warmup_ratio, save_steps)
     if lora:
         _check_lora(lora_r, lora_alpha, lora_dropout, lora_target_modules)
-    if save_steps is not None and save_steps < 1:
-        raise S2LError(f"save_steps must be positive, not {save_steps}")
+    precision = resolve_precision(precision)
     out_dir = Path(out_dir)
     model_dir, resume_dir = out_dir / "model", out_dir / "resume"
     meta_path = out_dir / "finetune.json"
-    say = print if progress else _silent
     # Under `accelerate launch` every process runs this function; the state knows how many.
-    state = PartialState()
+    state = distributed_state()
+    say = print if progress and state.is_main_process else _silent
 
     data_path, data_kwargs = resolve_train_data(train_data)
     pool = load_pool(data_path, **{**data_kwargs, **load_kwargs})
     tokenizer = load_tokenizer(model)
     tok_pool = tokenise_pool(pool, tokenizer, template=template, max_length=max_length)
-    precision = resolve_precision(precision)
-    lora_settings = (
-        {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout, "targets": lora_target_modules}
-        if lora
-        else None
-    )
     settings = {
-        "model": str(model),
-        "train_data": str(data_path),
         "template": template,
         "max_length": max_length,
         "epochs": epochs,
@@ -175,10 +186,21 @@ def finetune(
         "batch_size": batch_size,
         "grad_accum": grad_accum,
         "warmup_ratio": warmup_ratio,
-        "lora": lora_settings,
+        "lora": (
+            {
+                "r": lora_r,
+                "alpha": lora_alpha,
+                "dropout": lora_dropout,
+                "targets": lora_target_modules,
+            }
+            if lora
+            else None
+        ),
         "precision": precision,
         "seed": seed,
     }
+    # The data enter by content (the tokenised fingerprint), not by path: the same subset
+    # read from another file is the same training.
     fp = fingerprint(tok_pool.fingerprint, _model_identity(model), settings, _VERSION)
     if not force and stage_is_current(meta_path, fp) and (model_dir / "config.json").is_file():
         say(f"finetune: {model_dir} is up to date, skipped")
@@ -187,18 +209,14 @@ def finetune(
 
     steps_per_epoch = math.ceil(len(tok_pool) / (batch_size * state.num_processes * grad_accum))
     total_steps = math.ceil(steps_per_epoch * epochs)
-    if total_steps < 1:
-        raise S2LError(f"training has no steps: epochs={epochs} is too small")
-    if save_steps is None:
-        save_steps = max(1, math.ceil(total_steps / _CHECKPOINTS_PER_RUN))
-
     # A frozen LoRA base only needs the training precision; fully trained weights stay fp32
     # so that small updates are not rounded away (autocast does the low-precision maths).
     load_dtype = (autocast_dtype(precision) if lora else None) or torch.float32
-    net = load_causal_lm(model, dtype=load_dtype)
+    with _hf_progress_bars(progress):
+        net = load_causal_lm(model, dtype=load_dtype)
     _check_vocabulary(net, tok_pool, model)
     n_parameters = count_parameters(net)
-    lora_targets = None
+    lora_targets: set[str] = set()
     if lora:
         net, lora_targets = _add_lora(
             net, lora_r, lora_alpha, lora_dropout, lora_target_modules, seed
@@ -209,37 +227,6 @@ def finetune(
         _discard_stale_resume(resume_dir, fp)
         atomic_write_json(resume_dir / "fingerprint.json", {"fingerprint": fp})
     state.wait_for_everyone()
-
-    args = TrainingArguments(
-        output_dir=str(resume_dir),
-        num_train_epochs=epochs,
-        max_steps=total_steps,
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum,
-        learning_rate=learning_rate,
-        lr_scheduler_type="cosine",
-        # a float below 1 is read as a fraction of the total steps
-        warmup_steps=warmup_ratio,
-        weight_decay=0.0,
-        optim="adamw_torch",
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        logging_steps=max(1, total_steps // 50),
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=save_steps,
-        save_total_limit=1,
-        seed=seed,
-        data_seed=seed,
-        train_sampling_strategy="group_by_length",
-        remove_unused_columns=False,
-        # peft's forward takes **kwargs, from which Trainer cannot tell the label column
-        label_names=["labels"],
-        report_to="none",
-        disable_tqdm=not progress,
-        dataloader_num_workers=0,
-        use_cpu=not torch.cuda.is_available(),
-    )
     # Padding is masked out of attention and loss, so any id will do; eos avoids adding a
     # token (and resizing the embeddings) for tokenizers that have no pad token.
     pad_id = (
@@ -247,7 +234,13 @@ def finetune(
     )
     trainer = _SeededOrderTrainer(
         model=net,
-        args=args,
+        args=_training_arguments(
+            resume_dir,
+            total_steps=total_steps,
+            save_steps=save_steps or max(1, math.ceil(total_steps / _CHECKPOINTS_PER_RUN)),
+            progress=progress,
+            **{k: settings[k] for k in _TRAINER_SETTINGS},
+        ),
         train_dataset=tok_pool.dataset,
         data_collator=lambda examples: collate(examples, pad_id),
         callbacks=list(callbacks or []),
@@ -259,27 +252,31 @@ def finetune(
         trainer.remove_callback(PrinterCallback)
     last = get_last_checkpoint(str(resume_dir)) if resume_dir.is_dir() else None
     resumed_from = int(last.rsplit("-", 1)[-1]) if last else None
-    what = f"LoRA r={lora_r} on {sorted(lora_targets or [])}" if lora else "all weights"
+    what = f"LoRA r={lora_r} on {', '.join(sorted(lora_targets))}" if lora else "all weights"
     say(
         f"finetune: training {model} ({n_parameters / 1e6:.2f}M parameters, {what}, "
         f"{n_trainable / 1e6:.2f}M trainable) on {len(tok_pool)} examples, {total_steps} steps"
         + (f", resuming from step {resumed_from}" if last else "")
     )
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=last)
+    # HF's own bars (one per checkpoint written) would break into the training bar
+    with _hf_progress_bars(False):
+        trainer.train(resume_from_checkpoint=last)
     seconds = time.perf_counter() - started
 
     if state.is_main_process:
         # An old finetune.json next to a half-replaced model/ would vouch for the wrong weights.
         meta_path.unlink(missing_ok=True)
-    _save_model(trainer, tokenizer, model_dir, merge_lora=lora, state=state)
-    losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+    with _hf_progress_bars(progress):
+        _save_model(trainer, tokenizer, model_dir, merge_lora=lora, state=state)
+    losses = [[h["step"], h["loss"]] for h in trainer.state.log_history if "loss" in h]
     meta = {
         "fingerprint": fp,
         "tokenised_fingerprint": tok_pool.fingerprint,
-        "pool_fingerprint": tok_pool.pool_fingerprint,
+        "model": str(model),
+        "train_data": str(data_path),
         **settings,
-        "lora_target_modules": sorted(lora_targets) if lora_targets else None,
+        "lora_target_modules": sorted(lora_targets) or None,
         "n_train": len(tok_pool),
         "n_truncated": tok_pool.n_truncated,
         "n_excluded": len(tok_pool.excluded),
@@ -291,7 +288,7 @@ def finetune(
         "pad_token_id": pad_id,
         "train_loss_first": losses[0][1] if losses else None,
         "train_loss_last": losses[-1][1] if losses else None,
-        "train_loss_history": [[s, loss] for s, loss in losses],
+        "train_loss_history": losses,
         "seconds": round(seconds, 2),
         "n_parameters": n_parameters,
         "n_trainable_parameters": n_trainable,
@@ -385,20 +382,49 @@ class _FinetuneProgressCallback(LossProgressCallback):
             self.training_bar.set_description("fine-tuning")
 
 
+def _check_settings(
+    epochs: float,
+    learning_rate: float,
+    batch_size: int,
+    grad_accum: int,
+    warmup_ratio: float,
+    save_steps: int | None,
+) -> None:
+    """Refuse settings that would fail deep inside the Trainer, or train nothing."""
+    for name, value in (("batch_size", batch_size), ("grad_accum", grad_accum)):
+        if not isinstance(value, int) or value < 1:
+            raise S2LError(f"{name} must be a positive integer, not {value!r}")
+    if not epochs > 0:
+        raise S2LError(f"epochs must be positive, not {epochs!r}")
+    if not learning_rate > 0:
+        raise S2LError(f"learning_rate must be positive, not {learning_rate!r}")
+    if not 0 <= warmup_ratio < 1:
+        raise S2LError(f"warmup_ratio must be in [0, 1), not {warmup_ratio!r}")
+    if save_steps is not None and (not isinstance(save_steps, int) or save_steps < 1):
+        raise S2LError(f"save_steps must be a positive integer, not {save_steps!r}")
+
+
 def _check_lora(r: int, alpha: float, dropout: float, targets: list[str] | None) -> None:
+    """Refuse LoRA settings that peft would reject late or accept with a surprising meaning
+    (any other single string is a regular expression to peft, not a module name)."""
     if not isinstance(r, int) or isinstance(r, bool) or r < 1:
         raise S2LError(f"lora_r must be a positive integer, not {r!r}")
     if not alpha > 0:
         raise S2LError(f"lora_alpha must be positive, not {alpha!r}")
     if not 0 <= dropout < 1:
         raise S2LError(f"lora_dropout must be in [0, 1), not {dropout!r}")
-    if targets is not None and (
-        isinstance(targets, str)
-        or not targets
-        or not all(isinstance(t, str) and t for t in targets)
+    if (
+        targets is not None
+        and targets != "all-linear"
+        and (
+            isinstance(targets, str)
+            or not targets
+            or not all(isinstance(t, str) and t for t in targets)
+        )
     ):
         raise S2LError(
-            f"lora_target_modules must be a non-empty list of module names, not {targets!r}"
+            "lora_target_modules must be a non-empty list of module names or 'all-linear', "
+            f"not {targets!r}"
         )
 
 
@@ -468,7 +494,7 @@ def _add_lora(
     targets: list[str] | None,
     seed: int,
 ) -> tuple[torch.nn.Module, set[str]]:
-    """Wrap ``net`` with LoRA adapters; return the peft model and the adapted module names."""
+    """Wrap ``net`` with LoRA adapters; return the peft model and the adapted layer names."""
     try:
         from peft import LoraConfig, TaskType, get_peft_model
         from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as KNOWN
@@ -490,8 +516,57 @@ def _add_lora(
             peft_model = get_peft_model(net, config)
         except ValueError as e:
             raise S2LError(f"cannot add LoRA adapters: {str(e).strip().splitlines()[0]}") from e
-    adapted = set(peft_model.peft_config["default"].target_modules)
+    # "all-linear" resolves to full module paths; the layer names are what a reader wants
+    adapted = {name.rsplit(".", 1)[-1] for name in peft_model.peft_config["default"].target_modules}
     return peft_model, adapted
+
+
+def _training_arguments(
+    resume_dir: Path,
+    *,
+    total_steps: int,
+    save_steps: int,
+    progress: bool,
+    epochs: float,
+    learning_rate: float,
+    batch_size: int,
+    grad_accum: int,
+    warmup_ratio: float,
+    precision: str,
+    seed: int,
+) -> TrainingArguments:
+    """The proxy's training recipe (see :func:`smalltolarge.proxy.train_proxy`), with the
+    resumable state in ``resume_dir``."""
+    return TrainingArguments(
+        output_dir=str(resume_dir),
+        num_train_epochs=epochs,
+        max_steps=total_steps,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
+        learning_rate=learning_rate,
+        lr_scheduler_type="cosine",
+        # a float below 1 is read as a fraction of the total steps
+        warmup_steps=warmup_ratio,
+        weight_decay=0.0,
+        optim="adamw_torch",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        logging_steps=max(1, total_steps // 50),
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=1,
+        seed=seed,
+        data_seed=seed,
+        train_sampling_strategy="group_by_length",
+        remove_unused_columns=False,
+        # peft's forward takes **kwargs, from which Trainer cannot tell the label column
+        label_names=["labels"],
+        report_to="none",
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
 
 
 def _discard_stale_resume(resume_dir: Path, fp: str) -> None:
@@ -536,6 +611,20 @@ def _save_model(
                 os.replace(child, tmp / child.name)
         staging.rmdir()
     state.wait_for_everyone()
+
+
+@contextlib.contextmanager
+def _hf_progress_bars(show: bool) -> Iterator[None]:
+    """Show or hide the progress bars of transformers itself (loading and writing weights)
+    for the block; the training bar is a plain tqdm bar and stays."""
+    was_shown = hf_logging.is_progress_bar_enabled()
+    if was_shown and not show:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_shown and not show:
+            hf_logging.enable_progress_bar()
 
 
 def _result(out_dir: Path, meta: dict[str, Any], *, skipped: bool) -> FinetuneResult:

@@ -202,6 +202,8 @@ class TrajectoryRecorder:
                 shutil.rmtree(self.parts)
             self.parts.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.parts / "parts.json", {"fingerprint": units_fp})
+            # The artifact is being rewritten: until finish() it is not complete.
+            (run_dir.trajectories_dir / "meta.json").unlink(missing_ok=True)
         self.state.wait_for_everyone()
         total = len(self.steps) * len(self.mine)
         done = total - sum(len(self.pending(s)) for s in self.steps)

@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from smalltolarge.data import Pool, load_saved_pool, write_subset
+from smalltolarge.data import Pool, load_pool, load_saved_pool, write_subset
 from smalltolarge.errors import S2LError
 from smalltolarge.formatting import load_tokenised
 from smalltolarge.runs import RunDir, atomic_write_json, atomic_write_text, fingerprint, read_json
 from smalltolarge.scoring import load_run_trajectories
 from smalltolarge.selection import S2LSelector, Signals, Stratified, make_selector, resolve_budget
+from smalltolarge.trajectories import align_to_pool, import_trajectories
 
 
 @dataclass
@@ -45,30 +46,38 @@ def select_subset(
     n_clusters: int | None = None,
     stratify_by: str | None = None,
     name: str | None = None,
+    trajectories: str | os.PathLike | None = None,
+    trajectory_ids: str | os.PathLike | None = None,
+    pool: str | os.PathLike | None = None,
+    settings: dict[str, Any] | None = None,
     force: bool = False,
 ) -> SelectionResult:
     """Select ``budget`` examples of the run's pool with ``method`` and write them out.
 
     ``budget`` is a fraction of the pool (``0.3``, ``"30%"``) or a count (``3000``);
     ``stratify_by`` names the pool's source column to select per source (the reference code's
-    mode) instead of globally. ``n_clusters`` is S2L's K (default 100).
+    mode) instead of globally. ``n_clusters`` is S2L's K (default 100); ``settings`` are further
+    constructor arguments of the method. By default the run's own trajectories are used;
+    ``trajectories`` (+ ``trajectory_ids`` for a ``.npy``) imports ones computed elsewhere (see
+    :func:`~smalltolarge.trajectories.import_trajectories`), matched to the pool by id; the
+    pool is the run's, or the file ``pool``.
     """
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    pool = load_saved_pool(run_dir)
-    tokenised = load_tokenised(run_dir)
-    traj = load_run_trajectories(run_dir)
-    if list(traj.ids) != list(tokenised.dataset["id"]):
-        raise S2LError(f"{run_dir.trajectories_dir}: ids do not match the tokenised pool")
+    if trajectories is None:
+        inputs = _run_inputs(run_dir)
+    else:
+        inputs = _imported_inputs(run_dir, trajectories, trajectory_ids, pool)
+    the_pool, signals = inputs.pool, inputs.signals
 
-    n_budget = resolve_budget(budget, len(pool), n_selectable=len(tokenised))
-    stratify = _check_stratify(pool, stratify_by)
-    selector = make_selector(method, stratify=stratify, n_clusters=n_clusters)
-    settings = {k: v for k, v in vars(selector).items() if not k.endswith("_")}
+    n_budget = resolve_budget(budget, len(the_pool), n_selectable=signals.n)
+    stratify = _check_stratify(the_pool, stratify_by)
+    selector = make_selector(method, stratify=stratify, n_clusters=n_clusters, **(settings or {}))
+    described = {k: v for k, v in vars(selector).items() if not k.endswith("_")}
     if isinstance(selector, Stratified):
-        settings = {"stratified": True, **vars(selector.selector)}
+        described = {"stratified": True, **vars(selector.selector)}
     name = name or _default_name(method, budget, seed, stratify)
     out = run_dir.selection_dir(name)
-    fp = fingerprint(traj.fingerprint, method, str(settings), n_budget, seed, stratify)
+    fp = fingerprint(inputs.fingerprint, method, str(described), n_budget, seed, stratify)
     if not force and (out / "summary.json").is_file():
         summary = read_json(out / "summary.json")
         if summary.get("fingerprint") == fp:
@@ -80,41 +89,24 @@ def select_subset(
                 reused=True,
             )
 
-    pool_index = np.asarray(tokenised.dataset["pool_index"], dtype=np.int64)
-    sources = np.asarray(pool.dataset["source"], dtype=object)[pool_index]
-    signals = Signals(
-        losses=np.asarray(traj.losses, dtype=np.float32),
-        ids=np.asarray(traj.ids, dtype=object),
-        sources=sources if pool.has_sources else None,
-        lengths=tokenised.response_lengths,
-    )
     picked = selector.select(signals, n_budget, seed)
-    selected_pool_index = np.sort(pool_index[picked])
-    pool_rows = np.asarray(pool.dataset["row"], dtype=np.int64)[selected_pool_index]
-    ids = [str(i) for i in np.asarray(pool.dataset["id"], dtype=object)[selected_pool_index]]
+    selected_pool_index = np.sort(inputs.pool_index[picked])
+    pool_rows = np.asarray(the_pool.dataset["row"], dtype=np.int64)[selected_pool_index]
+    ids = [str(i) for i in np.asarray(the_pool.dataset["id"], dtype=object)[selected_pool_index]]
 
     (out / "summary.json").unlink(missing_ok=True)
-    subset_path = write_subset(pool, pool_rows, out)
+    subset_path = write_subset(the_pool, pool_rows, out)
     atomic_write_text(out / "ids.txt", "".join(f"{i}\n" for i in ids))
-    summary = _summary(
-        selector,
-        signals,
-        picked,
-        pool,
-        tokenised_n=len(tokenised),
-        n_excluded=len(tokenised.excluded),
-        budget=budget,
-        n_budget=n_budget,
-        seed=seed,
-    )
+    summary = _summary(selector, signals, picked, the_pool, budget=budget, seed=seed)
     summary.update(
+        inputs.notes,
         fingerprint=fp,
         method=method,
-        settings=settings,
+        settings=described,
         name=name,
         subset_file=subset_path.name,
-        trajectories_fingerprint=traj.fingerprint,
-        n_checkpoints=int(traj.losses.shape[1]),
+        trajectories_fingerprint=inputs.fingerprint,
+        n_checkpoints=int(signals.losses.shape[1]),
     )
     atomic_write_json(out / "summary.json", summary)
     return SelectionResult(ids=ids, directory=out, subset_path=subset_path, summary=summary)
@@ -142,25 +134,80 @@ def _default_name(method: str, budget: float | int | str, seed: int, stratify: b
     return f"{method}{'-stratified' if stratify else ''}-{b}-seed{seed}"
 
 
+@dataclass
+class _Inputs:
+    """What a selection reads: the pool, the signals of its selectable examples, where each
+    signal row sits in the pool, a fingerprint of it all, and notes for the summary."""
+
+    pool: Pool
+    signals: Signals
+    pool_index: np.ndarray
+    fingerprint: str
+    notes: dict[str, Any]
+
+
+def _run_inputs(run_dir: RunDir) -> _Inputs:
+    pool = load_saved_pool(run_dir)
+    tokenised = load_tokenised(run_dir)
+    traj = load_run_trajectories(run_dir)
+    if list(traj.ids) != list(tokenised.dataset["id"]):
+        raise S2LError(f"{run_dir.trajectories_dir}: ids do not match the tokenised pool")
+    pool_index = np.asarray(tokenised.dataset["pool_index"], dtype=np.int64)
+    signals = Signals(
+        losses=np.asarray(traj.losses, dtype=np.float32),
+        ids=np.asarray(traj.ids, dtype=object),
+        sources=_sources(pool, pool_index),
+        lengths=tokenised.response_lengths,
+        embeddings=None if traj.embeddings is None else np.asarray(traj.embeddings, np.float32),
+    )
+    notes = {"n_scorable": len(tokenised), "n_excluded": len(tokenised.excluded)}
+    return _Inputs(pool, signals, pool_index, traj.fingerprint or "", notes)
+
+
+def _imported_inputs(run_dir: RunDir, path, ids, pool_path) -> _Inputs:
+    pool = load_pool(pool_path) if pool_path is not None else load_saved_pool(run_dir)
+    traj = import_trajectories(path, ids=ids)
+    rows, pool_index, report = align_to_pool(traj, pool.ids, where=str(path))
+    if report["non_finite"]:
+        print(
+            f"trajectories: {report['non_finite']} rows with a non-finite loss left out "
+            f"(ids {', '.join(report['non_finite_ids'])}...)"
+        )
+    if report["without_trajectory"]:
+        print(
+            f"trajectories: {report['without_trajectory']} pool examples have no trajectory "
+            f"and cannot be selected (ids {', '.join(report['without_trajectory_ids'])}...)"
+        )
+    signals = Signals(
+        losses=np.asarray(traj.losses, dtype=np.float32)[rows],
+        ids=np.asarray(traj.ids, dtype=object)[rows],
+        sources=_sources(pool, pool_index),
+    )
+    notes = {
+        "n_scorable": int(len(rows)),
+        "n_excluded": int(len(pool) - len(rows)),
+        "imported_trajectories": str(path),
+        **report,
+    }
+    return _Inputs(
+        pool, signals, pool_index, fingerprint(traj.fingerprint, pool.fingerprint), notes
+    )
+
+
+def _sources(pool: Pool, pool_index: np.ndarray) -> np.ndarray | None:
+    if not pool.has_sources:
+        return None
+    return np.asarray(pool.dataset["source"], dtype=object)[pool_index]
+
+
 def _summary(
-    selector,
-    signals: Signals,
-    picked: np.ndarray,
-    pool: Pool,
-    *,
-    tokenised_n: int,
-    n_excluded: int,
-    budget,
-    n_budget: int,
-    seed: int,
+    selector, signals: Signals, picked: np.ndarray, pool: Pool, *, budget, seed: int
 ) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "budget": budget,
         "n_selected": int(len(picked)),
         "seed": seed,
         "n_pool": len(pool),
-        "n_scorable": tokenised_n,
-        "n_excluded": n_excluded,
         "n_skipped_invalid": len(pool.skipped),
     }
     if signals.lengths is not None:

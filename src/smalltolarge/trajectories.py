@@ -16,7 +16,11 @@ fingerprint) or re-aligned (by id), never silently misaligned.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,3 +115,156 @@ class Trajectories:
                 f"{where} were computed on a different tokenisation of this pool (template, "
                 f"max_length or tokenizer changed); re-run `s2l score`"
             )
+
+
+def import_trajectories(
+    path: str | os.PathLike,
+    *,
+    ids: str | os.PathLike | Sequence[str] | None = None,
+    id_column: str = "id",
+    loss_columns: Sequence[str] | None = None,
+) -> Trajectories:
+    """Read trajectories produced elsewhere.
+
+    Either an N x T ``.npy`` matrix with ``ids`` (a list, or a file: ``.txt`` one id per line,
+    ``.json`` list, ``.parquet``/``.csv``/``.jsonl`` with ``id_column``), or a table
+    (``.jsonl``, ``.json``, ``.parquet``, ``.csv``) with ``id_column`` and one loss column per
+    checkpoint (cartography-style): ``loss_columns`` in checkpoint order, or by default every
+    other numeric column. Columns named with a trailing step number (``loss_500``,
+    ``step-1000``) are ordered by that step; otherwise steps are 1..T in the given order.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise S2LError(f"{path}: no such file")
+    if path.suffix == ".npy":
+        if ids is None:
+            raise S2LError(f"{path}: a .npy matrix needs its ids (--trajectory-ids FILE)")
+        losses = np.load(path)
+        if losses.ndim != 2:
+            raise S2LError(f"{path}: expected an N x T matrix, got shape {losses.shape}")
+        id_list = _read_ids(ids, id_column)
+        names = [f"checkpoint {i + 1}" for i in range(losses.shape[1])]
+    else:
+        table = _read_table(path)
+        if id_column not in table.column_names:
+            raise S2LError(f"{path}: no id column '{id_column}' (columns: {table.column_names})")
+        if loss_columns is None:
+            numeric = (pa.types.is_floating, pa.types.is_integer)
+            loss_columns = [
+                c for c in table.column_names
+                if c != id_column and any(is_(table.schema.field(c).type) for is_ in numeric)
+            ]
+        missing = [c for c in loss_columns if c not in table.column_names]
+        if missing or not loss_columns:
+            raise S2LError(f"{path}: loss columns {missing or '(none found)'} not in "
+                           f"{table.column_names}")
+        names = list(loss_columns)
+        try:
+            losses = np.column_stack(
+                [table.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
+                 for c in names])
+        except (TypeError, ValueError) as e:
+            raise S2LError(f"{path}: loss columns must be numeric ({e})") from None
+        id_list = [str(i) for i in table.column(id_column).to_pylist()]
+    if len(id_list) != losses.shape[0]:
+        raise S2LError(f"{path}: {losses.shape[0]} rows of losses but {len(id_list)} ids")
+    steps, order = _steps_from_names(names)
+    seen: dict[str, int] = {}
+    for row, i in enumerate(id_list):
+        if i in seen:
+            raise S2LError(f"{path}: id {i!r} appears twice (rows {seen[i] + 1} and {row + 1})")
+        seen[i] = row
+    return Trajectories(
+        losses=np.asarray(losses[:, order], dtype=np.float32),
+        ids=np.asarray(id_list, dtype=object),
+        steps=steps,
+        meta={"fingerprint": _file_fingerprint(path, id_list), "imported_from": str(path),
+              "columns": [names[i] for i in order]},
+    )
+
+
+def align_to_pool(traj: Trajectories, pool_ids: Sequence[str],
+                  where: str = "trajectories") -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Match imported trajectories to a pool by id.
+
+    Returns ``(rows, pool_positions, report)``: ``traj.losses[rows]`` belong to the pool
+    examples at ``pool_positions`` (in pool order). Ids that are not in the pool are refused;
+    pool examples without a trajectory, and rows with a non-finite loss, are left out and
+    counted in ``report`` (with their first ids).
+    """
+    position = {str(i): p for p, i in enumerate(pool_ids)}
+    unknown = [str(i) for i in traj.ids if str(i) not in position]
+    if unknown:
+        raise S2LError(f"{where}: {len(unknown)} ids are not in the pool (first: "
+                       f"{', '.join(map(repr, unknown[:3]))}); were they computed on this pool?")
+    pos = np.fromiter((position[str(i)] for i in traj.ids), dtype=np.int64, count=len(traj.ids))
+    finite = np.isfinite(np.asarray(traj.losses)).all(axis=1)
+    order = np.argsort(pos[finite], kind="stable")
+    rows = np.flatnonzero(finite)[order]
+    covered = np.zeros(len(position), dtype=bool)
+    covered[pos] = True
+    report = {
+        "non_finite": int((~finite).sum()),
+        "non_finite_ids": [str(i) for i in traj.ids[~finite][:5]],
+        "without_trajectory": int((~covered).sum()),
+        "without_trajectory_ids": [str(pool_ids[p]) for p in np.flatnonzero(~covered)[:5]],
+    }
+    return rows, pos[rows], report
+
+
+def _read_ids(ids: str | os.PathLike | Sequence[str], id_column: str) -> list[str]:
+    if not isinstance(ids, (str, os.PathLike)):
+        return [str(i) for i in ids]
+    path = Path(ids)
+    if not path.is_file():
+        raise S2LError(f"{path}: no such ids file")
+    if path.suffix == ".txt":
+        return path.read_text(encoding="utf-8").splitlines()
+    if path.suffix == ".json":
+        return [str(i) for i in json.loads(path.read_text(encoding="utf-8"))]
+    table = _read_table(path)
+    if id_column not in table.column_names:
+        raise S2LError(f"{path}: no id column '{id_column}' (columns: {table.column_names})")
+    return [str(i) for i in table.column(id_column).to_pylist()]
+
+
+def _read_table(path: Path) -> pa.Table:
+    try:
+        if path.suffix == ".parquet":
+            return pq.read_table(path)
+        if path.suffix == ".csv":
+            import pyarrow.csv as pcsv
+
+            return pcsv.read_csv(path)
+        if path.suffix in (".jsonl", ".json"):
+            text = path.read_text(encoding="utf-8").strip()
+            if text.startswith("["):
+                return pa.Table.from_pylist(json.loads(text))
+            records = []
+            for n, line in enumerate(text.splitlines(), start=1):
+                if line.strip():
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise S2LError(f"{path} line {n}: not valid JSON ({e.msg})") from None
+            return pa.Table.from_pylist(records)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise S2LError(f"{path}: cannot read ({str(e).splitlines()[0]})") from None
+    raise S2LError(f"{path}: trajectories must be .npy, .jsonl, .json, .parquet or .csv")
+
+
+def _steps_from_names(names: Sequence[str]) -> tuple[list[int], list[int]]:
+    numbers = [re.search(r"(\d+)\s*$", n) for n in names]
+    if all(numbers):
+        steps = [int(m.group(1)) for m in numbers]  # type: ignore[union-attr]
+        if len(set(steps)) == len(steps):
+            order = sorted(range(len(steps)), key=steps.__getitem__)
+            return [steps[i] for i in order], order
+    return list(range(1, len(names) + 1)), list(range(len(names)))
+
+
+def _file_fingerprint(path: Path, ids: Sequence[str]) -> str:
+    digest = hashlib.sha256(path.read_bytes() if path.stat().st_size < (1 << 30) else b"")
+    digest.update(str(path.stat().st_size).encode())
+    digest.update("\n".join(ids).encode())
+    return digest.hexdigest()[:16]

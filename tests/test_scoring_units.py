@@ -1,0 +1,172 @@
+"""Scoring in (checkpoint, chunk) units: several processes, SIGKILL and resume, in training.
+
+These run the real command line in subprocesses (two processes over gloo through
+``accelerate launch``; a run killed with SIGKILL part-way), so they take tens of seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from transformers import Trainer, TrainingArguments
+
+from smalltolarge.formatting import TokenArrays, collate, load_tokenised
+from smalltolarge.models import build_preset_model, load_tokenizer
+from smalltolarge.runs import RunDir
+from smalltolarge.scoring import (
+    TrajectoryCallback,
+    _score_batches,
+    plan_chunks,
+    score_trajectories,
+)
+
+CHUNK = "300"  # tokens per unit: dozens of units on the test pool
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "smalltolarge.cli", *map(str, args)]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def test_plan_chunks_covers_every_example_once_longest_first():
+    lengths = np.array([5, 50, 20, 20, 1, 80, 7])
+    chunks = plan_chunks(lengths, chunk_tokens=60)
+    flat = np.concatenate(chunks)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))
+    assert flat.tolist() == [5, 1, 2, 3, 6, 0, 4]  # longest first, ties by index
+    assert all(lengths[c].sum() < 60 + lengths[c].max() for c in chunks)
+    assert [c.tolist() for c in plan_chunks(lengths, 60)] == [c.tolist() for c in chunks]
+
+
+def score_in_subprocess(run: RunDir, *extra: str) -> tuple[np.ndarray, np.ndarray]:
+    """A single-process scoring run with the same thread settings as the launched ones (the
+    thread count changes the order of floating-point sums, so it is held fixed)."""
+    proc = subprocess.run(
+        cli("score", "--run-dir", run.root, "--precision", "fp32", "--chunk-tokens", CHUNK,
+            "--force", *extra),
+        capture_output=True, text=True, env=env(), timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return (np.load(run.trajectories_dir / "losses.npy"),
+            np.load(run.trajectories_dir / "embeddings.npy"))
+
+
+def test_two_processes_give_the_single_process_matrix(run_copy, tmp_path):
+    expected, expected_emb = score_in_subprocess(run_copy)
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+         "--num_processes", "2", "--main_process_port", "29533",
+         "-m", "smalltolarge.cli", "score", "--run-dir", run_copy.root, "--precision", "fp32",
+         "--chunk-tokens", CHUNK, "--force"],
+        capture_output=True, text=True, env=env(), timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((run_copy.trajectories_dir / "meta.json").read_text())
+    assert meta["processes"] == 2
+    merged = np.load(run_copy.trajectories_dir / "losses.npy")
+    assert np.array_equal(merged, expected)
+    assert np.array_equal(np.load(run_copy.trajectories_dir / "embeddings.npy"), expected_emb)
+
+
+def test_sigkill_then_resume_recomputes_only_unfinished_units(run_copy):
+    expected, _ = score_in_subprocess(run_copy, "--max-tokens", "64")
+    parts = run_copy.trajectories_dir / "parts"
+    args = cli("score", "--run-dir", run_copy.root, "--precision", "fp32", "--chunk-tokens",
+               CHUNK, "--max-tokens", "64", "--force")
+    victim = subprocess.Popen(args, env=env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    done: list[Path] = []
+    while time.monotonic() < deadline and victim.poll() is None:
+        done = list(parts.glob("step-*/chunk-*[0-9].npy")) if parts.is_dir() else []
+        if len(done) >= 6:
+            break
+        time.sleep(0.02)
+    assert victim.poll() is None, "scoring finished before it could be killed"
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    finished = sorted(parts.glob("step-*/chunk-*[0-9].npy"))
+    assert len(finished) >= 6
+    assert not (run_copy.trajectories_dir / "meta.json").exists()
+
+    resumed = subprocess.run(
+        cli("score", "--run-dir", run_copy.root, "--precision", "fp32", "--chunk-tokens", CHUNK,
+            "--max-tokens", "64"),
+        capture_output=True, text=True, env=env(), timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"{len(finished)} of" in resumed.stdout + resumed.stderr
+    assert "already scored and skipped" in resumed.stdout + resumed.stderr
+    losses = np.load(run_copy.trajectories_dir / "losses.npy")
+    assert np.array_equal(losses, expected)
+
+
+def test_callback_records_trajectories_under_a_users_trainer(trained_run, tmp_path):
+    run = RunDir(tmp_path / "user")
+    import shutil
+
+    for part in ("pool", "pool.json", "tokenizer", "tokenised", "tokenised.json"):
+        src = trained_run.root / part
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, run.root / part)
+    tokenised = load_tokenised(run)
+    tokenizer = load_tokenizer(run.tokenizer_dir)
+    model = build_preset_model("tiny", tokenizer, seed=1)
+    callback = TrajectoryCallback(run, n_checkpoints=3, precision="fp32", chunk_tokens=500,
+                                  progress=False)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"), num_train_epochs=1, per_device_train_batch_size=16,
+        learning_rate=1e-3, save_strategy="no", report_to="none", disable_tqdm=True,
+        remove_unused_columns=False, use_cpu=True, seed=1,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=tokenised.dataset,
+                      data_collator=lambda ex: collate(ex, tokenizer.pad_token_id),
+                      callbacks=[callback])
+    trainer.train()
+    traj = callback.trajectories
+    assert traj is not None
+    total = trainer.state.global_step
+    assert traj.steps[-1] == total and len(traj.steps) == 3
+    assert traj.losses.shape == (len(tokenised), 3)
+    assert np.isfinite(traj.losses).all()
+    assert traj.losses[:, -1].mean() < traj.losses[:, 0].mean()
+    assert (run.trajectories_dir / "meta.json").is_file()
+    # the last column is the trained model's own loss, computed the same way
+    arrays = TokenArrays.from_dataset(tokenised.dataset)
+    expected = np.empty(len(tokenised), dtype=np.float32)
+    for rows in plan_chunks(arrays.lengths, 500):
+        for pos, loss, _ in _score_batches(model, arrays, rows, max_tokens=16384,
+                                           precision="fp32", device="cpu",
+                                           pad_id=tokenizer.pad_token_id):
+            expected[rows[pos]] = loss
+    np.testing.assert_array_equal(traj.losses[:, -1], expected)
+    assert traj.embeddings is not None and traj.embeddings.shape[0] == len(tokenised)
+
+
+@pytest.mark.parametrize("record", [True, False])
+def test_proxy_training_records_or_leaves_scoring_to_score(trained_run, tmp_path, record):
+    """Our own proxy training goes through the same callback: with recording on, `s2l score`
+    finds the trajectories current; the two paths give the same matrix."""
+    import shutil
+
+    from smalltolarge.proxy import train_proxy
+
+    run = RunDir(tmp_path / "r")
+    shutil.copytree(trained_run.root, run.root)
+    shutil.rmtree(run.trajectories_dir, ignore_errors=True)
+    train_proxy(run, epochs=1, batch_size=8, n_checkpoints=2, precision="fp32",
+                record=record, progress=False)
+    assert (run.trajectories_dir / "meta.json").is_file() == record
+    scored = score_trajectories(run, precision="fp32", progress=False)
+    again = score_trajectories(run, precision="fp32", force=True, progress=False)
+    np.testing.assert_allclose(scored.losses, again.losses, atol=1e-5)
