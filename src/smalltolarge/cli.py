@@ -21,7 +21,8 @@ app = typer.Typer(
     help="S2L (SmallToLarge) data selection: train a small proxy on your SFT pool, record every "
     "example's loss trajectory, cluster the trajectories and pick a balanced subset.\n\n"
     "Stages: prepare -> train-proxy -> score -> select; `run` chains them, `demo` runs them on "
-    "the bundled pool.",
+    "the bundled pool. Then finetune and evaluate the target on a selection, and `experiment` "
+    "compares methods at equal budgets.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -308,6 +309,124 @@ def run_cmd(
         seed=seed,
     )
     _report_run(result)
+
+
+@app.command("finetune")
+def finetune_cmd(
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="Target: a HF causal LM name or path, or a short name such as smollm2-135m."
+        ),
+    ],
+    train_data: Annotated[
+        str, typer.Argument(help="A selection directory (RUN/selections/NAME) or any pool file.")
+    ],
+    out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="Where model/ goes.")],
+    template: TemplateOpt = "alpaca",
+    max_length: MaxLenOpt = 512,
+    epochs: EpochsOpt = 3.0,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 2e-5,
+    batch_size: Annotated[int, typer.Option(help="Per-device batch.")] = 8,
+    grad_accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
+    lora: Annotated[
+        bool,
+        typer.Option(
+            help="LoRA (peft) instead of full fine-tuning; the "
+            "adapter is merged into the saved model."
+        ),
+    ] = False,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+    precision: PrecisionOpt = "auto",
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    force: ForceOpt = False,
+) -> None:
+    """6. Fine-tune the target on a selection (or any pool), with the same prompt format and
+    response-only loss as the proxy; resumable."""
+    from smalltolarge.finetune import finetune
+
+    result = finetune(
+        model,
+        train_data,
+        out_dir,
+        template=template,
+        max_length=max_length,
+        epochs=epochs,
+        learning_rate=lr,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        lora=lora,
+        lora_r=lora_r,
+        precision=precision,
+        seed=seed,
+        force=force,
+    )
+    if _is_main_process():
+        typer.echo(
+            f"finetune: {result.n_train} examples, loss {result.train_loss_first} -> "
+            f"{result.train_loss_last}; model in {result.model_dir}"
+        )
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: Annotated[str, typer.Argument(help="A fine-tuned model directory or model name.")],
+    eval_data: Annotated[str, typer.Argument(help="Held-out items, any pool format.")],
+    out_dir: Annotated[
+        Path, typer.Option("--out-dir", "-o", help="predictions.jsonl and scores.json go here.")
+    ],
+    template: TemplateOpt = "alpaca",
+    metric: Annotated[str, typer.Option(help="exact_match, rouge_l or auto.")] = "auto",
+    max_new_tokens: Annotated[int, typer.Option(help="Generation length limit.")] = 256,
+    batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 16,
+    max_examples: Annotated[
+        int | None, typer.Option(help="Evaluate the first N only.", show_default=False)
+    ] = None,
+    precision: PrecisionOpt = "auto",
+) -> None:
+    """7. Generate answers greedily and score them (exact match or ROUGE-L, with 95% CIs)."""
+    from smalltolarge.evaluate import evaluate
+
+    result = evaluate(
+        model,
+        eval_data,
+        out_dir,
+        template=template,
+        metric=metric,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        max_examples=max_examples,
+        precision=precision,
+    )
+    o = result.overall
+    typer.echo(
+        f"{result.metric}: {o['mean']:.4f} (95% CI {o['ci_low']:.4f}-{o['ci_high']:.4f}, "
+        f"n={o['n']})"
+    )
+    for source, s in sorted(result.per_source.items()):
+        typer.echo(
+            f"  {source}: {s['mean']:.4f} ({s['ci_low']:.4f}-{s['ci_high']:.4f}, n={s['n']})"
+        )
+    typer.echo(f"predictions: {result.predictions_path}\nscores: {result.scores_path}")
+
+
+@app.command("experiment")
+def experiment_cmd(
+    config: Annotated[
+        Path, typer.Argument(help="Experiment YAML (see benchmarks/experiment.yaml).")
+    ],
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out-dir", "-o", help="Override the config's out_dir.", show_default=False),
+    ] = None,
+) -> None:
+    """Methods x budgets x seeds (+ the full pool): select, fine-tune, evaluate; resumable.
+    Writes results.csv, results.md and results.png."""
+    from smalltolarge.experiment import run_experiment
+
+    result = run_experiment(config, out_dir=out_dir)
+    typer.echo(Path(result.table_md).read_text())
+    typer.echo(f"results: {result.results_csv}\ntable: {result.table_md}\nplot: {result.plot_png}")
 
 
 @app.command("demo")
