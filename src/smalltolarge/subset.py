@@ -22,7 +22,7 @@ from smalltolarge.errors import S2LError
 from smalltolarge.formatting import load_tokenised
 from smalltolarge.runs import RunDir, atomic_write_json, atomic_write_text, fingerprint, read_json
 from smalltolarge.scoring import load_run_trajectories
-from smalltolarge.selection import S2LSelector, Signals, Stratified, make_selector, resolve_budget
+from smalltolarge.selection import Signals, Stratified, make_selector, resolve_budget
 from smalltolarge.trajectories import align_to_pool, import_trajectories
 
 
@@ -219,13 +219,13 @@ def _summary(
     if isinstance(selector, Stratified):
         sizes, taken = [], []
         for fitted in selector.selectors_.values():
-            if isinstance(fitted, S2LSelector):
+            if hasattr(fitted, "cluster_sizes_"):
                 sizes += fitted.cluster_sizes_.tolist()
                 taken += fitted.cluster_taken_.tolist()
         if sizes:
             summary["clusters"] = _cluster_summary(np.array(sizes), np.array(taken))
         summary["source_quotas"] = selector.quotas_
-    elif isinstance(inner, S2LSelector):
+    elif hasattr(inner, "cluster_sizes_"):  # S2L, k-means on embeddings
         summary["clusters"] = _cluster_summary(inner.cluster_sizes_, inner.cluster_taken_)
     if signals.sources is not None:
         in_pool = Counter(str(s) for s in signals.sources)

@@ -19,12 +19,31 @@ from smalltolarge.selection.base import (
     resolve_budget,
     water_fill,
 )
-from smalltolarge.selection.baselines import RandomSelector
+from smalltolarge.selection.baselines import (
+    BalancedRandomSelector,
+    HighLearnabilitySelector,
+    HighVariabilitySelector,
+    KMeansEmbeddingsSelector,
+    LeastConfidenceSelector,
+    LengthSelector,
+    MiddlePerplexitySelector,
+    RandomSelector,
+)
+from smalltolarge.selection.facility import FacilityLocationSelector
 from smalltolarge.selection.s2l import S2LSelector, kmeans_labels
 from smalltolarge.selection.stratified import Stratified
 
 __all__ = [
+    "BASELINES",
     "SELECTORS",
+    "BalancedRandomSelector",
+    "FacilityLocationSelector",
+    "HighLearnabilitySelector",
+    "HighVariabilitySelector",
+    "KMeansEmbeddingsSelector",
+    "LeastConfidenceSelector",
+    "LengthSelector",
+    "MiddlePerplexitySelector",
     "RandomSelector",
     "S2LSelector",
     "Selector",
@@ -37,7 +56,21 @@ __all__ = [
     "water_fill",
 ]
 
-SELECTORS: dict[str, type] = {"s2l": S2LSelector, "random": RandomSelector}
+SELECTORS: dict[str, type] = {
+    "s2l": S2LSelector,
+    "random": RandomSelector,
+    "random-balanced": BalancedRandomSelector,
+    "length": LengthSelector,
+    "least-confidence": LeastConfidenceSelector,
+    "middle-perplexity": MiddlePerplexitySelector,
+    "high-learnability": HighLearnabilitySelector,
+    "high-variability": HighVariabilitySelector,
+    "facility-location": FacilityLocationSelector,
+    "kmeans-embeddings": KMeansEmbeddingsSelector,
+}
+
+# The methods S2L is compared against (every registered method but S2L itself).
+BASELINES: list[str] = [key for key in SELECTORS if key != "s2l"]
 
 
 def make_selector(method: str, *, stratify: bool = False, **settings: Any) -> Selector:

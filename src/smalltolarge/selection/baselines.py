@@ -1,13 +1,57 @@
-"""Baseline selectors that S2L is compared against."""
+"""Baseline selectors that S2L is compared against (the paper's baselines).
+
+* ``random``: uniform random; ``random-balanced``: uniform random inside each source, the
+  budget water-filled over sources (:class:`~smalltolarge.selection.stratified.Stratified`).
+* Score rankings read one number per example and keep the ``budget`` best, ties to the smaller
+  row index (a stable sort), so they are deterministic: they accept ``seed`` and ignore it.
+
+  - ``length``: the longest responses (``Signals.lengths``);
+  - ``least-confidence``: the highest loss at the final proxy checkpoint;
+  - ``middle-perplexity``: the band of ``budget`` examples centred on the median final loss
+    (perplexity ``exp(loss)`` is monotone in the loss, so the band is the same);
+  - ``high-learnability``: the largest drop of loss from an early to a late checkpoint;
+  - ``high-variability``: the largest standard deviation of the loss over checkpoints (the
+    "variability" of dataset cartography).
+
+* ``kmeans-embeddings``: S2L with the proxy's embeddings in place of its loss trajectories:
+  k-means on ``Signals.embeddings``, then the same cluster-balanced sampling.
+* ``facility-location`` lives in :mod:`smalltolarge.selection.facility`.
+"""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+
 import numpy as np
 
-from smalltolarge.selection.base import Signals, check_budget, check_seed
+from smalltolarge.errors import S2LError
+from smalltolarge.selection.base import Signals, balanced_sample, check_budget, check_seed
+from smalltolarge.selection.s2l import BACKENDS, kmeans_labels
+from smalltolarge.selection.stratified import Stratified
+
+# Rows scored per step, so that a memory-mapped loss matrix is never copied as a whole.
+_CHUNK_ROWS = 1_000_000
 
 
-class RandomSelector:
+class _SettingsRepr:
+    """``ClassName(setting=value, ...)`` from the constructor's parameters, like scikit-learn.
+
+    A selection's fingerprint is built from its settings' text, so the text must not carry
+    a memory address (the default ``object.__repr__``).
+    """
+
+    def __repr__(self) -> str:
+        names = [
+            p.name
+            for p in inspect.signature(type(self).__init__).parameters.values()
+            if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
+        settings = ", ".join(f"{name}={getattr(self, name)!r}" for name in names)
+        return f"{type(self).__name__}({settings})"
+
+
+class RandomSelector(_SettingsRepr):
     """Uniform random selection without replacement (the standard baseline)."""
 
     name = "random"
@@ -21,3 +65,275 @@ class RandomSelector:
         check_budget(budget, signals.n)
         rng = np.random.default_rng(check_seed(seed))
         return np.sort(rng.choice(signals.n, size=budget, replace=False)).astype(np.int64)
+
+
+class BalancedRandomSelector(_SettingsRepr, Stratified):
+    """Uniform random selection inside each source, the budget water-filled over sources.
+
+    The same as ``Stratified(RandomSelector())``, registered under its own name so that it can
+    be asked for as a method. Attributes are those of
+    :class:`~smalltolarge.selection.stratified.Stratified` (``quotas_``, ``source_sizes_``,
+    ``selectors_``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(RandomSelector())
+        self.name = "random-balanced"
+
+    def select(self, signals: Signals, budget: int, seed: int) -> np.ndarray:
+        """Select ``budget`` examples of ``signals``, uniformly within each source.
+
+        Returns:
+            ``(budget,)`` sorted unique int64 row indices into ``signals``.
+        """
+        if signals.sources is None:
+            raise S2LError(
+                "random-balanced selection needs the source of every example "
+                "(Signals.sources), but the pool has no source column"
+            )
+        return super().select(signals, budget, seed)
+
+
+class _ScoreRanking(_SettingsRepr):
+    """Keep the ``budget`` examples of largest score, ties to the smaller row index.
+
+    Subclasses set ``name`` and implement :meth:`scores`.
+
+    Attributes (set by :meth:`select`):
+        scores_: ``(n,)`` float64 score of each example.
+    """
+
+    name = ""
+
+    def scores(self, signals: Signals) -> np.ndarray:
+        """``(n,)`` float64 score of each example; larger is selected first."""
+        raise NotImplementedError
+
+    def select(self, signals: Signals, budget: int, seed: int) -> np.ndarray:
+        """Select the ``budget`` examples of largest score.
+
+        Args:
+            signals: the selectable examples.
+            budget: number of examples to select, ``0 <= budget <= n``.
+            seed: checked but otherwise unused: the ranking is deterministic.
+
+        Returns:
+            ``(budget,)`` sorted unique int64 row indices into ``signals``.
+        """
+        check_seed(seed)
+        scores = self.scores(signals)
+        check_budget(budget, signals.n)
+        self.scores_ = scores
+        # Negating keeps the sort stable in row order among equal scores (largest first).
+        order = np.argsort(-scores, kind="stable")
+        return np.sort(order[:budget]).astype(np.int64, copy=False)
+
+
+class LengthSelector(_ScoreRanking):
+    """The examples with the longest responses (most response tokens)."""
+
+    name = "length"
+
+    def scores(self, signals: Signals) -> np.ndarray:
+        """Response-token count of each example (``signals.lengths``)."""
+        if signals.lengths is None:
+            raise S2LError(
+                "length selection needs the response length of every example "
+                "(Signals.lengths), but none were given"
+            )
+        lengths = np.asarray(signals.lengths)
+        if not np.issubdtype(lengths.dtype, np.number):
+            raise S2LError(f"response lengths must be numbers, got dtype {lengths.dtype}")
+        lengths = lengths.astype(np.float64)
+        if not np.isfinite(lengths).all():
+            raise S2LError("response lengths must be finite numbers")
+        return lengths
+
+
+class LeastConfidenceSelector(_ScoreRanking):
+    """The examples the final proxy is least confident on: the highest final-checkpoint loss."""
+
+    name = "least-confidence"
+
+    def scores(self, signals: Signals) -> np.ndarray:
+        """Loss at the last checkpoint, ``losses[:, -1]``."""
+        return _row_scores(signals.losses, lambda chunk: chunk[:, -1])
+
+
+class HighLearnabilitySelector(_ScoreRanking):
+    """The examples the proxy learned most: largest ``losses[:, early] - losses[:, late]``.
+
+    Args:
+        early: checkpoint index of the early loss (negative counts from the end).
+        late: checkpoint index of the late loss; must name another checkpoint than ``early``.
+    """
+
+    name = "high-learnability"
+
+    def __init__(self, early: int = 0, late: int = -1) -> None:
+        self.early = early
+        self.late = late
+
+    def scores(self, signals: Signals) -> np.ndarray:
+        """Early minus late loss of each example."""
+        n_checkpoints = signals.losses.shape[1]
+        early = _checkpoint("early", self.early, n_checkpoints)
+        late = _checkpoint("late", self.late, n_checkpoints)
+        if early == late:
+            raise S2LError(
+                f"high-learnability needs two different checkpoints, but early={self.early!r} "
+                f"and late={self.late!r} both name checkpoint {early} of {n_checkpoints}"
+            )
+        # In float64: rounding a float32 difference could tie examples whose drops differ.
+        return _row_scores(
+            signals.losses, lambda chunk: chunk[:, early].astype(np.float64) - chunk[:, late]
+        )
+
+
+class HighVariabilitySelector(_ScoreRanking):
+    """The examples whose loss varies most over training (dataset-cartography variability).
+
+    The score is the population standard deviation (``ddof=0``) of each loss trajectory over
+    the checkpoints.
+    """
+
+    name = "high-variability"
+
+    def scores(self, signals: Signals) -> np.ndarray:
+        """Standard deviation of each trajectory over the checkpoints."""
+        if signals.losses.shape[1] < 2:
+            raise S2LError(
+                "high-variability needs loss trajectories of at least 2 checkpoints, got 1"
+            )
+        return _row_scores(signals.losses, lambda chunk: chunk.std(axis=1, dtype=np.float64))
+
+
+class MiddlePerplexitySelector(_SettingsRepr):
+    """The ``budget`` examples of middle final perplexity, centred on the median.
+
+    Examples are sorted by final-checkpoint loss (ties by row index); with ``n`` examples the
+    band starts at rank ``(n - budget) // 2``, so when the excess is odd the band leans to the
+    lower losses by one. Deterministic: ``seed`` is checked but unused.
+
+    Attributes (set by :meth:`select`):
+        scores_: ``(n,)`` float64 final-checkpoint loss of each example.
+        band_: ``(low, high)`` final losses of the band's ends (None when the band is empty).
+    """
+
+    name = "middle-perplexity"
+
+    def select(self, signals: Signals, budget: int, seed: int) -> np.ndarray:
+        """Select the ``budget`` examples around the median final loss.
+
+        Returns:
+            ``(budget,)`` sorted unique int64 row indices into ``signals``.
+        """
+        check_seed(seed)
+        check_budget(budget, signals.n)
+        final = _row_scores(signals.losses, lambda chunk: chunk[:, -1])
+        order = np.argsort(final, kind="stable")
+        start = (signals.n - budget) // 2
+        band = order[start : start + budget]
+        self.scores_ = final
+        self.band_ = (float(final[band[0]]), float(final[band[-1]])) if budget else None
+        return np.sort(band).astype(np.int64, copy=False)
+
+
+class KMeansEmbeddingsSelector(_SettingsRepr):
+    """S2L on proxy embeddings: k-means on ``signals.embeddings``, cluster-balanced sampling.
+
+    The paper's ablation that clusters the proxy's representations instead of its loss
+    trajectories. Embeddings are clustered as given (Euclidean, no normalisation), as S2L
+    clusters raw trajectories.
+
+    Args:
+        n_clusters: number of k-means clusters ``K``; clamped to ``n`` on smaller pools.
+        n_iter: k-means iterations.
+        backend: ``"faiss"`` (default, fast) or ``"sklearn"``.
+
+    Attributes (set by :meth:`select`):
+        labels_: ``(n,)`` int64 cluster of each example.
+        centroids_: ``(K_eff, d)`` float32 cluster centres.
+        cluster_sizes_: ``(K_eff,)`` int64 examples per cluster.
+        cluster_taken_: ``(K_eff,)`` int64 examples selected per cluster.
+        n_clusters_: effective number of clusters ``K_eff = min(n_clusters, n)``.
+    """
+
+    name = "kmeans-embeddings"
+
+    def __init__(self, n_clusters: int = 100, n_iter: int = 20, backend: str = "faiss") -> None:
+        self.n_clusters = n_clusters
+        self.n_iter = n_iter
+        self.backend = backend
+
+    def select(self, signals: Signals, budget: int, seed: int) -> np.ndarray:
+        """Cluster the embeddings and draw ``budget`` examples balanced over the clusters.
+
+        Args:
+            signals: the selectable examples; only ``embeddings`` ``(n, d)`` is read.
+            budget: number of examples to select, ``0 <= budget <= n``.
+            seed: non-negative int; fixes both the clustering and the draws.
+
+        Returns:
+            ``(budget,)`` sorted unique int64 row indices into ``signals``.
+        """
+        if signals.embeddings is None:
+            raise S2LError(
+                "kmeans-embeddings selection needs proxy embeddings (Signals.embeddings), "
+                "but none were given"
+            )
+        for setting in ("n_clusters", "n_iter"):
+            value = getattr(self, setting)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise S2LError(
+                    f"kmeans-embeddings setting {setting} must be an int >= 1, got {value!r}"
+                )
+        if self.backend not in BACKENDS:
+            raise S2LError(
+                f"unknown k-means backend {self.backend!r}; known: {', '.join(BACKENDS)}"
+            )
+        n = signals.n
+        check_budget(budget, n)
+        if n == 0:
+            raise S2LError("cannot cluster an empty pool: there are no embeddings")
+        embeddings = signals.embeddings
+        if not np.issubdtype(embeddings.dtype, np.number):
+            raise S2LError(f"embeddings must be numeric, got dtype {embeddings.dtype}")
+        if not np.isfinite(embeddings).all():
+            row = int(np.argmin(np.isfinite(embeddings).all(axis=1)))
+            raise S2LError(f"embedding of row {row} is not finite")
+        k = min(int(self.n_clusters), n)
+        # Independent streams for the k-means training sample and for the per-cluster draws,
+        # exactly as S2L, so the two methods differ only in what is clustered.
+        training_seed, draw_seed = np.random.SeedSequence(check_seed(seed)).spawn(2)
+        labels, centroids = kmeans_labels(
+            embeddings, k, self.n_iter, seed, backend=self.backend, sample_seed=training_seed
+        )
+        selected = balanced_sample(labels, budget, np.random.default_rng(draw_seed))
+
+        self.labels_ = labels
+        self.centroids_ = centroids
+        self.n_clusters_ = k
+        self.cluster_sizes_ = np.bincount(labels, minlength=k).astype(np.int64)
+        self.cluster_taken_ = np.bincount(labels[selected], minlength=k).astype(np.int64)
+        return selected
+
+
+def _row_scores(losses: np.ndarray, score: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``(n,)`` float64 ``score(chunk)`` over row chunks of ``losses`` (a memmap stays one)."""
+    out = np.empty(losses.shape[0], dtype=np.float64)
+    for lo in range(0, losses.shape[0], _CHUNK_ROWS):
+        out[lo : lo + _CHUNK_ROWS] = score(np.asarray(losses[lo : lo + _CHUNK_ROWS]))
+    return out
+
+
+def _checkpoint(setting: str, index: int, n_checkpoints: int) -> int:
+    """``index`` as a checkpoint in ``[0, n_checkpoints)``; negative counts from the end."""
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        raise S2LError(f"high-learnability setting {setting} must be an int, got {index!r}")
+    if not -n_checkpoints <= index < n_checkpoints:
+        raise S2LError(
+            f"high-learnability setting {setting}={index} is not a checkpoint: the trajectories "
+            f"have {n_checkpoints} (valid: {-n_checkpoints} to {n_checkpoints - 1})"
+        )
+    return int(index) % n_checkpoints
