@@ -27,11 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging as hf_logging
 
@@ -45,7 +43,6 @@ from smalltolarge.models import (
     load_tokenizer,
     resolve_precision,
 )
-from smalltolarge.proxy import LossProgressCallback
 from smalltolarge.runs import (
     atomic_dir,
     atomic_write_json,
@@ -54,6 +51,7 @@ from smalltolarge.runs import (
     read_json,
     stage_is_current,
 )
+from smalltolarge.training import LossProgressCallback, SeededOrderTrainer, training_arguments
 
 if TYPE_CHECKING:
     from accelerate import PartialState
@@ -232,9 +230,9 @@ def finetune(
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
-    trainer = _SeededOrderTrainer(
+    trainer = SeededOrderTrainer(
         model=net,
-        args=_training_arguments(
+        args=training_arguments(
             resume_dir,
             total_steps=total_steps,
             save_steps=save_steps or max(1, math.ceil(total_steps / _CHECKPOINTS_PER_RUN)),
@@ -247,7 +245,7 @@ def finetune(
     )
     if progress:
         trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(_FinetuneProgressCallback())
+        trainer.add_callback(LossProgressCallback("fine-tuning"))
     else:
         trainer.remove_callback(PrinterCallback)
     last = get_last_checkpoint(str(resume_dir)) if resume_dir.is_dir() else None
@@ -328,58 +326,6 @@ def resolve_train_data(train_data: str | os.PathLike) -> tuple[str, dict[str, An
             f"{path}: the subset file {summary['subset_file']} named in summary.json is missing"
         )
     return os.fspath(subset), _pool_columns(path.parent.parent / "pool.json")
-
-
-class _SeededOrderTrainer(Trainer):
-    """``Trainer`` whose length-grouped batch order is a function of the seed and the epoch.
-
-    The stock length-grouped sampler draws each epoch's order from the global RNG, which a
-    resumed run reaches in another state than an uninterrupted one, so a run resumed after
-    its first epoch would train on other batches. With the order seeded per epoch, a resumed
-    run trains on exactly the batches of an uninterrupted one.
-    """
-
-    def _get_train_sampler(self, train_dataset=None):
-        dataset = self.train_dataset if train_dataset is None else train_dataset
-        if self.args.train_sampling_strategy != "group_by_length":
-            return super()._get_train_sampler(train_dataset)
-        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        return _EpochSeededLengthGroupedSampler(
-            self.args.train_batch_size * self.args.gradient_accumulation_steps,
-            lengths=list(dataset[self.args.length_column_name]),
-            seed=seed,
-        )
-
-
-class _EpochSeededLengthGroupedSampler(LengthGroupedSampler):
-    """Length-grouped order drawn from a generator seeded with ``(seed, epoch)``.
-
-    accelerate's data loaders call ``set_epoch`` before every epoch, also after a resume.
-    """
-
-    def __init__(self, batch_size: int, lengths: list[int], seed: int):
-        super().__init__(batch_size, lengths=lengths)
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        entropy = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]
-        self.generator = torch.Generator().manual_seed(int(entropy))
-        return super().__iter__()
-
-
-class _FinetuneProgressCallback(LossProgressCallback):
-    """The proxy's progress bar (steps, ETA, latest loss), labelled for this stage."""
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        # ProgressCallback's own, skipping LossProgressCallback's proxy label: the bar would
-        # flash "training proxy" before being relabelled
-        ProgressCallback.on_train_begin(self, args, state, control, **kwargs)
-        if self.training_bar is not None:
-            self.training_bar.set_description("fine-tuning")
 
 
 def _check_settings(
@@ -519,54 +465,6 @@ def _add_lora(
     # "all-linear" resolves to full module paths; the layer names are what a reader wants
     adapted = {name.rsplit(".", 1)[-1] for name in peft_model.peft_config["default"].target_modules}
     return peft_model, adapted
-
-
-def _training_arguments(
-    resume_dir: Path,
-    *,
-    total_steps: int,
-    save_steps: int,
-    progress: bool,
-    epochs: float,
-    learning_rate: float,
-    batch_size: int,
-    grad_accum: int,
-    warmup_ratio: float,
-    precision: str,
-    seed: int,
-) -> TrainingArguments:
-    """The proxy's training recipe (see :func:`smalltolarge.proxy.train_proxy`), with the
-    resumable state in ``resume_dir``."""
-    return TrainingArguments(
-        output_dir=str(resume_dir),
-        num_train_epochs=epochs,
-        max_steps=total_steps,
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum,
-        learning_rate=learning_rate,
-        lr_scheduler_type="cosine",
-        # a float below 1 is read as a fraction of the total steps
-        warmup_steps=warmup_ratio,
-        weight_decay=0.0,
-        optim="adamw_torch",
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        logging_steps=max(1, total_steps // 50),
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=save_steps,
-        save_total_limit=1,
-        seed=seed,
-        data_seed=seed,
-        train_sampling_strategy="group_by_length",
-        remove_unused_columns=False,
-        # peft's forward takes **kwargs, from which Trainer cannot tell the label column
-        label_names=["labels"],
-        report_to="none",
-        disable_tqdm=not progress,
-        dataloader_num_workers=0,
-        use_cpu=not torch.cuda.is_available(),
-    )
 
 
 def _discard_stale_resume(resume_dir: Path, fp: str) -> None:

@@ -15,8 +15,7 @@ import math
 import shutil
 from pathlib import Path
 
-import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -49,6 +48,12 @@ from smalltolarge.scoring import (
     TrajectoryCallback,
     checkpoint_steps,
     trajectory_fingerprint,
+)
+from smalltolarge.training import (
+    LossProgressCallback,
+    SeededOrderTrainer,
+    last_logged_loss,
+    training_arguments,
 )
 
 # Re-exported: where users of the proxy stage look for them.
@@ -136,31 +141,18 @@ def train_proxy(
         atomic_write_json(resume_dir / "fingerprint.json", {"fingerprint": fp})
     state.wait_for_everyone()
 
-    args = TrainingArguments(
-        output_dir=str(resume_dir),
-        num_train_epochs=epochs,
-        max_steps=total_steps,
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum,
-        learning_rate=learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=warmup_ratio,
-        weight_decay=0.0,
-        optim="adamw_torch",
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        logging_steps=max(1, total_steps // 50),
-        save_strategy="steps",
+    args = training_arguments(
+        resume_dir,
+        total_steps=total_steps,
         save_steps=max(1, steps[0]),
-        save_total_limit=1,
+        progress=progress,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        warmup_ratio=warmup_ratio,
+        precision=precision,
         seed=seed,
-        data_seed=seed,
-        train_sampling_strategy="group_by_length",
-        remove_unused_columns=False,
-        report_to="none",
-        disable_tqdm=not progress,
-        dataloader_num_workers=0,
-        use_cpu=not torch.cuda.is_available(),
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     callbacks: list[TrainerCallback] = []
@@ -180,7 +172,7 @@ def train_proxy(
                 meta={"proxy_fingerprint": fp, "proxy": proxy, "recorded": "during training"},
             )
         )
-    trainer = Trainer(
+    trainer = SeededOrderTrainer(
         model=model,
         args=args,
         train_dataset=tok_pool.dataset,
@@ -191,7 +183,7 @@ def train_proxy(
         trainer.remove_callback(PrinterCallback)
     else:
         trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(LossProgressCallback())
+        trainer.add_callback(LossProgressCallback("training proxy"))
         print(
             f"proxy: training {proxy} ({count_parameters(model) / 1e6:.2f}M parameters) on "
             f"{len(tok_pool)} examples, {total_steps} steps, checkpoints at steps {steps}"
@@ -210,7 +202,7 @@ def train_proxy(
                 "total_steps": total_steps,
                 "n_parameters": count_parameters(model),
                 "pad_token_id": pad_id,
-                "final_train_loss": _last_logged_loss(trainer),
+                "final_train_loss": last_logged_loss(trainer),
                 "save_checkpoints": save_checkpoints,
                 "recorded_trajectories": record,
             },
@@ -232,22 +224,6 @@ class CheckpointCallback(TrainerCallback):
             with atomic_dir(target) as tmp:
                 model.save_pretrained(str(tmp), safe_serialization=True)
         return control
-
-
-class LossProgressCallback(ProgressCallback):
-    """Trainer's progress bar (steps, ETA), with the latest loss shown on the bar itself
-    instead of a printed dictionary per logging step."""
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        super().on_train_begin(args, state, control, **kwargs)
-        if self.training_bar is not None:
-            self.training_bar.set_description("training proxy")
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and self.training_bar is not None and logs:
-            shown = {k: f"{logs[k]:.4g}" for k in ("loss", "learning_rate") if k in logs}
-            if shown:
-                self.training_bar.set_postfix(shown, refresh=False)
 
 
 def _is_complete(
@@ -275,8 +251,3 @@ def _discard_stale(proxy_dir: Path, resume_dir: Path, fp: str) -> None:
         return  # an interrupted run of this very training: keep it and resume
     if proxy_dir.is_dir():
         shutil.rmtree(proxy_dir)
-
-
-def _last_logged_loss(trainer: Trainer) -> float | None:
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return losses[-1] if losses else None

@@ -151,18 +151,20 @@ def import_trajectories(
         if loss_columns is None:
             numeric = (pa.types.is_floating, pa.types.is_integer)
             loss_columns = [
-                c for c in table.column_names
+                c
+                for c in table.column_names
                 if c != id_column and any(is_(table.schema.field(c).type) for is_ in numeric)
             ]
         missing = [c for c in loss_columns if c not in table.column_names]
         if missing or not loss_columns:
-            raise S2LError(f"{path}: loss columns {missing or '(none found)'} not in "
-                           f"{table.column_names}")
+            raise S2LError(
+                f"{path}: loss columns {missing or '(none found)'} not in {table.column_names}"
+            )
         names = list(loss_columns)
         try:
             losses = np.column_stack(
-                [table.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
-                 for c in names])
+                [table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in names]
+            )
         except (TypeError, ValueError) as e:
             raise S2LError(f"{path}: loss columns must be numeric ({e})") from None
         id_list = [str(i) for i in table.column(id_column).to_pylist()]
@@ -178,13 +180,17 @@ def import_trajectories(
         losses=np.asarray(losses[:, order], dtype=np.float32),
         ids=np.asarray(id_list, dtype=object),
         steps=steps,
-        meta={"fingerprint": _file_fingerprint(path, id_list), "imported_from": str(path),
-              "columns": [names[i] for i in order]},
+        meta={
+            "fingerprint": _file_fingerprint(path, id_list),
+            "imported_from": str(path),
+            "columns": [names[i] for i in order],
+        },
     )
 
 
-def align_to_pool(traj: Trajectories, pool_ids: Sequence[str],
-                  where: str = "trajectories") -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def align_to_pool(
+    traj: Trajectories, pool_ids: Sequence[str], where: str = "trajectories"
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Match imported trajectories to a pool by id.
 
     Returns ``(rows, pool_positions, report)``: ``traj.losses[rows]`` belong to the pool
@@ -195,8 +201,10 @@ def align_to_pool(traj: Trajectories, pool_ids: Sequence[str],
     position = {str(i): p for p, i in enumerate(pool_ids)}
     unknown = [str(i) for i in traj.ids if str(i) not in position]
     if unknown:
-        raise S2LError(f"{where}: {len(unknown)} ids are not in the pool (first: "
-                       f"{', '.join(map(repr, unknown[:3]))}); were they computed on this pool?")
+        raise S2LError(
+            f"{where}: {len(unknown)} ids are not in the pool (first: "
+            f"{', '.join(map(repr, unknown[:3]))}); were they computed on this pool?"
+        )
     pos = np.fromiter((position[str(i)] for i in traj.ids), dtype=np.int64, count=len(traj.ids))
     finite = np.isfinite(np.asarray(traj.losses)).all(axis=1)
     order = np.argsort(pos[finite], kind="stable")

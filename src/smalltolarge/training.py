@@ -1,0 +1,132 @@
+"""The training recipe shared by the proxy and the target: arguments, batch order, progress.
+
+Both are trained with the Hugging Face ``Trainer`` (AdamW, cosine schedule with warm-up,
+gradient accumulation, bf16/fp16, length-grouped batches, several processes through
+``accelerate launch``), with a resumable state saved every few steps; this module holds what
+the two stages share so that they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+
+def training_arguments(
+    resume_dir: Path,
+    *,
+    total_steps: int,
+    save_steps: int,
+    progress: bool,
+    epochs: float,
+    learning_rate: float,
+    batch_size: int,
+    grad_accum: int,
+    warmup_ratio: float,
+    precision: str,
+    seed: int,
+) -> TrainingArguments:
+    """S2L's training recipe, with the resumable state in ``resume_dir`` saved every
+    ``save_steps`` steps (only the latest kept)."""
+    return TrainingArguments(
+        output_dir=str(resume_dir),
+        num_train_epochs=epochs,
+        max_steps=total_steps,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
+        learning_rate=learning_rate,
+        lr_scheduler_type="cosine",
+        # a float below 1 is read as a fraction of the total steps
+        warmup_steps=warmup_ratio,
+        weight_decay=0.0,
+        optim="adamw_torch",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        logging_steps=max(1, total_steps // 50),
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=1,
+        seed=seed,
+        data_seed=seed,
+        train_sampling_strategy="group_by_length",
+        remove_unused_columns=False,
+        # peft's forward takes **kwargs, from which Trainer cannot tell the label column
+        label_names=["labels"],
+        report_to="none",
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+class SeededOrderTrainer(Trainer):
+    """``Trainer`` whose length-grouped batch order is a function of the seed and the epoch.
+
+    The stock length-grouped sampler draws each epoch's order from the global RNG, which a
+    resumed run reaches in another state than an uninterrupted one, so a run resumed after
+    its first epoch would train on other batches. With the order seeded per epoch, a resumed
+    run trains on exactly the batches of an uninterrupted one.
+    """
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return EpochSeededLengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            lengths=list(dataset[self.args.length_column_name]),
+            seed=seed,
+        )
+
+
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped order drawn from a generator seeded with ``(seed, epoch)``.
+
+    accelerate's data loaders call ``set_epoch`` before every epoch, also after a resume.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        entropy = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]
+        self.generator = torch.Generator().manual_seed(int(entropy))
+        return super().__iter__()
+
+
+class LossProgressCallback(ProgressCallback):
+    """Trainer's progress bar (steps, ETA), with the latest loss shown on the bar itself
+    instead of a printed dictionary per logging step."""
+
+    def __init__(self, description: str = "training"):
+        super().__init__()
+        self.description = description
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.training_bar is not None:
+            self.training_bar.set_description(self.description)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            shown = {k: f"{logs[k]:.4g}" for k in ("loss", "learning_rate") if k in logs}
+            if shown:
+                self.training_bar.set_postfix(shown, refresh=False)
+
+
+def last_logged_loss(trainer: Trainer) -> float | None:
+    """The last training loss the trainer logged, or None."""
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return losses[-1] if losses else None
