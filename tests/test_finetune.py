@@ -36,6 +36,7 @@ SETTINGS = dict(
     learning_rate=3e-3,
     batch_size=8,
     precision="fp32",
+    save_steps=2,  # a resumable checkpoint every 2 steps (the default is at least 50 apart)
     seed=0,
     progress=False,
 )

@@ -61,6 +61,9 @@ _VERSION = "finetune-v1"
 #: Roughly this many resumable checkpoints per run: a full model's trainer state (weights and
 #: two AdamW moments) is three times its size, so saving it every few steps would dominate.
 _CHECKPOINTS_PER_RUN = 10
+#: ... and never more often than this: a short run is cheaper to redo than to checkpoint (one
+#: save of a 135M model's trainer state took longer than a training step on a CPU).
+_MIN_SAVE_STEPS = 50
 #: Excluded ids named in messages and in finetune.json (all of them are counted).
 _SHOWN_EXCLUDED = 10
 #: The settings that go to TrainingArguments as they are.
@@ -143,7 +146,8 @@ def finetune(
             fine-tuning keeps fp32 master weights; under LoRA the frozen base is loaded in
             the training precision, which halves its memory.
         seed: seeds the LoRA initialisation, the data order and dropout.
-        save_steps: steps between resumable checkpoints (default: about ten per run). Not part
+        save_steps: steps between resumable checkpoints (default: about ten per run, at least
+            50 steps apart). Not part
             of the fingerprint: it changes when progress is saved, not what is trained.
         force: train even when ``finetune.json`` records the same inputs and settings.
         progress: a progress bar with loss and ETA, and a few summary lines; False is silent.
@@ -235,7 +239,8 @@ def finetune(
         args=training_arguments(
             resume_dir,
             total_steps=total_steps,
-            save_steps=save_steps or max(1, math.ceil(total_steps / _CHECKPOINTS_PER_RUN)),
+            save_steps=save_steps
+            or max(_MIN_SAVE_STEPS, math.ceil(total_steps / _CHECKPOINTS_PER_RUN)),
             progress=progress,
             **{k: settings[k] for k in _TRAINER_SETTINGS},
         ),
