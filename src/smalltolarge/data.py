@@ -14,7 +14,6 @@ message that names the file and the line, record or row.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import io
@@ -23,12 +22,11 @@ import math
 import os
 import re
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import datasets
 import numpy as np
@@ -36,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from smalltolarge.errors import S2LError
-from smalltolarge.runs import RunDir, atomic_dir, atomic_write_json, read_json
+from smalltolarge.runs import RunDir, atomic_dir, atomic_open, atomic_write_json, read_json
 
 NORMALISED_COLUMNS = ("id", "row", "instruction", "input", "response", "source", "messages")
 
@@ -282,7 +280,7 @@ def write_subset(pool: Pool, rows: Sequence[int] | np.ndarray, out_dir: Path) ->
 
     if fmt == "jsonl":
         target = out_dir / "subset.jsonl"
-        with _atomic_file(target) as out:
+        with atomic_open(target) as out:
             n = 0
             for index, _lineno, line in _iter_jsonl_lines(src):
                 if index in wanted:
@@ -296,7 +294,7 @@ def write_subset(pool: Pool, rows: Sequence[int] | np.ndarray, out_dir: Path) ->
         _check_unchanged(src, len(records), expected_records)
         target = out_dir / "subset.json"
         text = json.dumps([records[i] for i in selected], ensure_ascii=False, indent=2) + "\n"
-        with _atomic_file(target) as out:
+        with atomic_open(target) as out:
             out.write(text.encode("utf-8"))
         return target
 
@@ -304,7 +302,7 @@ def write_subset(pool: Pool, rows: Sequence[int] | np.ndarray, out_dir: Path) ->
         table = _read_parquet(src, src)
         _check_unchanged(src, table.num_rows, expected_records)
         target = out_dir / "subset.parquet"
-        with _atomic_file(target) as out:
+        with atomic_open(target) as out:
             pq.write_table(table.take(pa.array(selected, type=pa.int64())), out)
         return target
 
@@ -316,7 +314,7 @@ def write_subset(pool: Pool, rows: Sequence[int] | np.ndarray, out_dir: Path) ->
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(csv_rows[i] for i in selected)
-        with _atomic_file(target) as out:
+        with atomic_open(target) as out:
             out.write(buffer.getvalue().encode("utf-8"))
         return target
 
@@ -333,7 +331,7 @@ def write_subset(pool: Pool, rows: Sequence[int] | np.ndarray, out_dir: Path) ->
         dataset = _load_hub(src, split or "train")
         _check_unchanged(src, len(dataset), expected_records)
         target = out_dir / "subset.jsonl"
-        with _atomic_file(target) as out:
+        with atomic_open(target) as out:
             for record in dataset.select(selected.tolist()):
                 line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
                 out.write(line.encode("utf-8"))
@@ -817,22 +815,6 @@ def _check_unchanged(source: str, found: int, expected: int) -> None:
             f"{source}: has {found} records but had {expected} when the pool was loaded; "
             "it changed since, reload the pool"
         )
-
-
-@contextlib.contextmanager
-def _atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """A binary file handle whose content replaces ``path`` only if the block succeeds."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _starts_with_bracket(path: Path) -> bool:
