@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging as hf_logging
 
 from smalltolarge.data import load_pool
@@ -51,7 +50,12 @@ from smalltolarge.runs import (
     read_json,
     stage_is_current,
 )
-from smalltolarge.training import LossProgressCallback, SeededOrderTrainer, training_arguments
+from smalltolarge.training import (
+    LossProgressCallback,
+    SeededOrderTrainer,
+    last_complete_checkpoint,
+    training_arguments,
+)
 
 if TYPE_CHECKING:
     from accelerate import PartialState
@@ -253,7 +257,7 @@ def finetune(
         trainer.add_callback(LossProgressCallback("fine-tuning"))
     else:
         trainer.remove_callback(PrinterCallback)
-    last = get_last_checkpoint(str(resume_dir)) if resume_dir.is_dir() else None
+    last = last_complete_checkpoint(resume_dir, is_main_process=state.is_main_process)
     resumed_from = int(last.rsplit("-", 1)[-1]) if last else None
     what = f"LoRA r={lora_r} on {', '.join(sorted(lora_targets))}" if lora else "all weights"
     say(

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from smalltolarge.errors import S2LError
 from smalltolarge.formatting import collate, load_tokenised
@@ -52,6 +51,7 @@ from smalltolarge.scoring import (
 from smalltolarge.training import (
     LossProgressCallback,
     SeededOrderTrainer,
+    last_complete_checkpoint,
     last_logged_loss,
     training_arguments,
 )
@@ -188,7 +188,7 @@ def train_proxy(
             f"proxy: training {proxy} ({count_parameters(model) / 1e6:.2f}M parameters) on "
             f"{len(tok_pool)} examples, {total_steps} steps, checkpoints at steps {steps}"
         )
-    last = get_last_checkpoint(str(resume_dir)) if resume_dir.is_dir() else None
+    last = last_complete_checkpoint(resume_dir, is_main_process=state.is_main_process)
     if last and progress:
         print(f"proxy: resuming from {last}")
     trainer.train(resume_from_checkpoint=last)

@@ -8,6 +8,8 @@ the two stages share so that they cannot drift apart.
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,8 @@ import torch
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 def training_arguments(
@@ -130,3 +134,26 @@ def last_logged_loss(trainer: Trainer) -> float | None:
     """The last training loss the trainer logged, or None."""
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return losses[-1] if losses else None
+
+
+def last_complete_checkpoint(resume_dir: str | Path, *, is_main_process: bool = True) -> str | None:
+    """The newest trainer checkpoint in ``resume_dir`` that was written to the end, or None.
+
+    ``Trainer`` writes ``trainer_state.json`` after the weights, optimizer, scheduler and RNG
+    states, so a checkpoint without it was cut short (a run killed while saving); resuming
+    from it would fail, so it is removed (by the main process) and the one before is used.
+    """
+    resume_dir = Path(resume_dir)
+    if not resume_dir.is_dir():
+        return None
+    found = []
+    for child in resume_dir.iterdir():
+        match = _CHECKPOINT.match(child.name)
+        if match and child.is_dir():
+            found.append((int(match.group(1)), child))
+    for _, path in sorted(found, reverse=True):
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+        if is_main_process:
+            shutil.rmtree(path, ignore_errors=True)
+    return None
