@@ -492,6 +492,10 @@ def main() -> None:
 
 
 def _quiet_libraries() -> None:
+    # Idle OpenMP threads sleep instead of spinning (read when torch loads, so set it first):
+    # on a machine whose cores are busy with other work, spinning threads slowed the tiny
+    # proxy's training tenfold and more. OMP_WAIT_POLICY=ACTIVE restores spinning.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import datasets
     import transformers
