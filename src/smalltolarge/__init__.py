@@ -11,77 +11,70 @@ the trajectories and sample a balanced subset for the large model. The stages, i
     result = select_subset("runs/x", method="s2l", budget=0.3, seed=0)
 
 or all at once with :func:`run_pipeline`.
+
+Imports are lazy: ``import smalltolarge`` (and ``s2l --help``) loads no torch until a
+name that needs it is used.
 """
 
-from smalltolarge.data import Pool, load_pool, load_saved_pool, save_pool, write_subset
-from smalltolarge.errors import S2LError
-from smalltolarge.formatting import TokenisedPool, format_prompt, load_tokenised, tokenise_pool
-from smalltolarge.models import PRESETS, load_causal_lm, load_tokenizer
-from smalltolarge.pipeline import RunResult, run_pipeline
-from smalltolarge.prepare import prepare
-from smalltolarge.proxy import CheckpointCallback, list_checkpoints, train_proxy
-from smalltolarge.runs import RunDir
-from smalltolarge.scoring import (
-    TrajectoryCallback,
-    TrajectoryRecorder,
-    checkpoint_steps,
-    load_run_trajectories,
-    response_losses,
-    score_model,
-    score_trajectories,
-)
-from smalltolarge.selection import (
-    SELECTORS,
-    RandomSelector,
-    S2LSelector,
-    Selector,
-    Signals,
-    Stratified,
-    make_selector,
-    resolve_budget,
-)
-from smalltolarge.subset import SelectionResult, select_subset
-from smalltolarge.trajectories import Trajectories
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "PRESETS",
-    "SELECTORS",
-    "CheckpointCallback",
-    "Pool",
-    "RandomSelector",
-    "RunDir",
-    "RunResult",
-    "S2LError",
-    "S2LSelector",
-    "SelectionResult",
-    "Selector",
-    "Signals",
-    "Stratified",
-    "TokenisedPool",
-    "Trajectories",
-    "TrajectoryCallback",
-    "TrajectoryRecorder",
-    "checkpoint_steps",
-    "format_prompt",
-    "list_checkpoints",
-    "load_causal_lm",
-    "load_pool",
-    "load_run_trajectories",
-    "load_saved_pool",
-    "load_tokenised",
-    "load_tokenizer",
-    "make_selector",
-    "prepare",
-    "resolve_budget",
-    "response_losses",
-    "run_pipeline",
-    "save_pool",
-    "score_model",
-    "score_trajectories",
-    "select_subset",
-    "tokenise_pool",
-    "train_proxy",
-    "write_subset",
-]
+#: public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "CheckpointCallback": "smalltolarge.proxy",
+    "PRESETS": "smalltolarge.models",
+    "Pool": "smalltolarge.data",
+    "RandomSelector": "smalltolarge.selection",
+    "RunDir": "smalltolarge.runs",
+    "RunResult": "smalltolarge.pipeline",
+    "S2LError": "smalltolarge.errors",
+    "S2LSelector": "smalltolarge.selection",
+    "SELECTORS": "smalltolarge.selection",
+    "SelectionResult": "smalltolarge.subset",
+    "Selector": "smalltolarge.selection",
+    "Signals": "smalltolarge.selection",
+    "Stratified": "smalltolarge.selection",
+    "TokenisedPool": "smalltolarge.formatting",
+    "Trajectories": "smalltolarge.trajectories",
+    "TrajectoryCallback": "smalltolarge.scoring",
+    "TrajectoryRecorder": "smalltolarge.scoring",
+    "checkpoint_steps": "smalltolarge.scoring",
+    "format_prompt": "smalltolarge.formatting",
+    "list_checkpoints": "smalltolarge.proxy",
+    "load_causal_lm": "smalltolarge.models",
+    "load_pool": "smalltolarge.data",
+    "load_run_trajectories": "smalltolarge.scoring",
+    "load_saved_pool": "smalltolarge.data",
+    "load_tokenised": "smalltolarge.formatting",
+    "load_tokenizer": "smalltolarge.models",
+    "make_selector": "smalltolarge.selection",
+    "prepare": "smalltolarge.prepare",
+    "resolve_budget": "smalltolarge.selection",
+    "response_losses": "smalltolarge.scoring",
+    "run_pipeline": "smalltolarge.pipeline",
+    "save_pool": "smalltolarge.data",
+    "score_model": "smalltolarge.scoring",
+    "score_trajectories": "smalltolarge.scoring",
+    "select_subset": "smalltolarge.subset",
+    "tokenise_pool": "smalltolarge.formatting",
+    "train_proxy": "smalltolarge.proxy",
+    "write_subset": "smalltolarge.data",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'smalltolarge' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
