@@ -170,3 +170,18 @@ def test_proxy_training_records_or_leaves_scoring_to_score(trained_run, tmp_path
     scored = score_trajectories(run, precision="fp32", progress=False)
     again = score_trajectories(run, precision="fp32", force=True, progress=False)
     np.testing.assert_allclose(scored.losses, again.losses, atol=1e-5)
+
+
+def test_length_batches_keep_padding_under_the_cap_where_lengths_are_sparse():
+    from smalltolarge.formatting import length_batches
+
+    lengths = np.random.default_rng(0).integers(5, 400, size=300)
+    for cap in (0.1, 0.25):
+        batches = length_batches(lengths, 4096, max_padding=cap)
+        assert sorted(np.concatenate(batches).tolist()) == list(range(300))
+        for b in batches:
+            computed = len(b) * lengths[b].max()
+            assert (computed - lengths[b].sum()) / computed <= cap
+            assert computed <= 4096 or len(b) == 1
+    uncapped = length_batches(lengths, 4096, max_padding=None)
+    assert len(uncapped) < len(length_batches(lengths, 4096, max_padding=0.1))

@@ -163,7 +163,7 @@ def train_proxy_cmd(
 def score_cmd(
     run_dir: RunDirOpt = Path("runs/default"),
     precision: PrecisionOpt = "auto",
-    max_tokens: MaxTokOpt = 16384,
+    max_tokens: MaxTokOpt = 4096,
     chunk_tokens: Annotated[
         int, typer.Option(help="Tokens per resumable work unit (per checkpoint).")
     ] = 1 << 20,
@@ -271,7 +271,7 @@ def run_cmd(
     checkpoints: CkptOpt = 12,
     checkpoint_every: EveryOpt = None,
     precision: PrecisionOpt = "auto",
-    max_tokens: MaxTokOpt = 16384,
+    max_tokens: MaxTokOpt = 4096,
     method: MethodOpt = "s2l",
     budget: BudgetOpt = "0.3",
     clusters: ClustersOpt = None,

@@ -241,29 +241,39 @@ def load_tokenised(run_dir: RunDir) -> TokenisedPool:
 
 
 def length_batches(
-    lengths: Sequence[int] | np.ndarray, max_tokens: int, max_batch_size: int | None = None
+    lengths: Sequence[int] | np.ndarray,
+    max_tokens: int,
+    max_batch_size: int | None = None,
+    max_padding: float | None = 0.1,
 ) -> list[np.ndarray]:
     """Group example indices into batches of similar length under a token budget.
 
     Examples are sorted by length, longest first (so a batch too large for memory fails at
     once, not at the end), and a batch grows while ``batch_size * longest`` stays within
-    ``max_tokens``. An example longer than ``max_tokens`` gets a batch of its own. The result
-    is deterministic: ties keep index order.
+    ``max_tokens`` and, with ``max_padding``, while the next example is at least
+    ``(1 - max_padding)`` times the batch's longest, so that padding stays under that fraction
+    of every batch even where lengths are sparse. An example longer than ``max_tokens`` gets a
+    batch of its own. Deterministic: ties keep index order.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     if max_tokens < 1:
         raise S2LError(f"max_tokens must be positive, not {max_tokens}")
     order = np.argsort(-lengths, kind="stable")
+    descending = lengths[order]
     batches: list[np.ndarray] = []
     start = 0
     n = len(order)
     while start < n:
-        longest = int(lengths[order[start]])
-        size = max(1, max_tokens // max(longest, 1))
+        longest = int(descending[start])
+        end = start + max(1, max_tokens // max(longest, 1))
         if max_batch_size:
-            size = min(size, max_batch_size)
-        batches.append(order[start : start + size])
-        start += size
+            end = min(end, start + max_batch_size)
+        if max_padding is not None:
+            # first position whose length falls below the padding threshold
+            cut = np.searchsorted(-descending, -longest * (1 - max_padding), side="right")
+            end = min(end, max(int(cut), start + 1))
+        batches.append(order[start:end])
+        start = end
     return batches
 
 
