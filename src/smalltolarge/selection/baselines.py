@@ -26,8 +26,8 @@ from collections.abc import Callable
 import numpy as np
 
 from smalltolarge.errors import S2LError
-from smalltolarge.selection.base import Signals, balanced_sample, check_budget, check_seed
-from smalltolarge.selection.s2l import BACKENDS, kmeans_labels
+from smalltolarge.selection.base import Signals, check_budget, check_seed
+from smalltolarge.selection.s2l import S2LSelector
 from smalltolarge.selection.stratified import Stratified
 
 # Rows scored per step, so that a memory-mapped loss matrix is never copied as a whole.
@@ -239,7 +239,7 @@ class MiddlePerplexitySelector(_SettingsRepr):
         return np.sort(band).astype(np.int64, copy=False)
 
 
-class KMeansEmbeddingsSelector(_SettingsRepr):
+class KMeansEmbeddingsSelector(_SettingsRepr, S2LSelector):
     """S2L on proxy embeddings: k-means on ``signals.embeddings``, cluster-balanced sampling.
 
     The paper's ablation that clusters the proxy's representations instead of its loss
@@ -260,63 +260,21 @@ class KMeansEmbeddingsSelector(_SettingsRepr):
     """
 
     name = "kmeans-embeddings"
+    _what = "embeddings"
 
-    def __init__(self, n_clusters: int = 100, n_iter: int = 20, backend: str = "faiss") -> None:
-        self.n_clusters = n_clusters
-        self.n_iter = n_iter
-        self.backend = backend
-
-    def select(self, signals: Signals, budget: int, seed: int) -> np.ndarray:
-        """Cluster the embeddings and draw ``budget`` examples balanced over the clusters.
-
-        Args:
-            signals: the selectable examples; only ``embeddings`` ``(n, d)`` is read.
-            budget: number of examples to select, ``0 <= budget <= n``.
-            seed: non-negative int; fixes both the clustering and the draws.
-
-        Returns:
-            ``(budget,)`` sorted unique int64 row indices into ``signals``.
-        """
-        if signals.embeddings is None:
+    def _features(self, signals: Signals) -> np.ndarray:
+        embeddings = signals.embeddings
+        if embeddings is None:
             raise S2LError(
                 "kmeans-embeddings selection needs proxy embeddings (Signals.embeddings), "
                 "but none were given"
             )
-        for setting in ("n_clusters", "n_iter"):
-            value = getattr(self, setting)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise S2LError(
-                    f"kmeans-embeddings setting {setting} must be an int >= 1, got {value!r}"
-                )
-        if self.backend not in BACKENDS:
-            raise S2LError(
-                f"unknown k-means backend {self.backend!r}; known: {', '.join(BACKENDS)}"
-            )
-        n = signals.n
-        check_budget(budget, n)
-        if n == 0:
-            raise S2LError("cannot cluster an empty pool: there are no embeddings")
-        embeddings = signals.embeddings
         if not np.issubdtype(embeddings.dtype, np.number):
             raise S2LError(f"embeddings must be numeric, got dtype {embeddings.dtype}")
         if not np.isfinite(embeddings).all():
             row = int(np.argmin(np.isfinite(embeddings).all(axis=1)))
             raise S2LError(f"embedding of row {row} is not finite")
-        k = min(int(self.n_clusters), n)
-        # Independent streams for the k-means training sample and for the per-cluster draws,
-        # exactly as S2L, so the two methods differ only in what is clustered.
-        training_seed, draw_seed = np.random.SeedSequence(check_seed(seed)).spawn(2)
-        labels, centroids = kmeans_labels(
-            embeddings, k, self.n_iter, seed, backend=self.backend, sample_seed=training_seed
-        )
-        selected = balanced_sample(labels, budget, np.random.default_rng(draw_seed))
-
-        self.labels_ = labels
-        self.centroids_ = centroids
-        self.n_clusters_ = k
-        self.cluster_sizes_ = np.bincount(labels, minlength=k).astype(np.int64)
-        self.cluster_taken_ = np.bincount(labels[selected], minlength=k).astype(np.int64)
-        return selected
+        return embeddings
 
 
 def _row_scores(losses: np.ndarray, score: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:

@@ -66,15 +66,16 @@ class S2LSelector:
             ``(budget,)`` sorted unique int64 row indices into ``signals``.
         """
         self._check_settings()
+        features = self._features(signals)
         n = signals.n
         check_budget(budget, n)
         if n == 0:
-            raise S2LError("cannot cluster an empty pool: there are no loss trajectories")
+            raise S2LError(f"cannot cluster an empty pool: there are no {self._what}")
         k = min(int(self.n_clusters), n)
         # Independent streams for the k-means training sample and for the per-cluster draws.
         training_seed, draw_seed = np.random.SeedSequence(check_seed(seed)).spawn(2)
         labels, centroids = kmeans_labels(
-            signals.losses, k, self.n_iter, seed, backend=self.backend, sample_seed=training_seed
+            features, k, self.n_iter, seed, backend=self.backend, sample_seed=training_seed
         )
         selected = balanced_sample(labels, budget, np.random.default_rng(draw_seed))
 
@@ -85,11 +86,18 @@ class S2LSelector:
         self.cluster_taken_ = np.bincount(labels[selected], minlength=k).astype(np.int64)
         return selected
 
+    #: what :meth:`_features` clusters, for messages
+    _what = "loss trajectories"
+
+    def _features(self, signals: Signals) -> np.ndarray:
+        """The matrix to cluster: the loss trajectories (a subclass may cluster another)."""
+        return signals.losses
+
     def _check_settings(self) -> None:
         for setting in ("n_clusters", "n_iter"):
             value = getattr(self, setting)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise S2LError(f"s2l setting {setting} must be an int >= 1, got {value!r}")
+                raise S2LError(f"{self.name} setting {setting} must be an int >= 1, got {value!r}")
         if self.backend not in BACKENDS:
             raise S2LError(
                 f"unknown k-means backend {self.backend!r}; known: {', '.join(BACKENDS)}"
