@@ -86,9 +86,11 @@ def score_trajectories(
     fp = trajectory_fingerprint(tok_pool.fingerprint, proxy_meta["fingerprint"], precision)
     out = run_dir.trajectories_dir
     if not force and stage_is_current(out / "meta.json", fp):
+        traj = Trajectories.load(out)
         if progress:
-            print(f"scoring: {out} is up to date, skipped")
-        return Trajectories.load(out)
+            how = "recorded during proxy training" if traj.meta.get("recorded") else "up to date"
+            print(f"scoring: {out} {how}, skipped")
+        return traj
     if not proxy_meta.get("save_checkpoints", True):
         raise S2LError(
             f"{run_dir.root}: the proxy was trained without saving checkpoints (its trajectories "
