@@ -46,8 +46,15 @@ def trained_run(tmp_path_factory, pool_file) -> RunDir:
     """A run directory with the pool prepared and the tiny proxy trained (fp32, 4 ckpts)."""
     run = RunDir(tmp_path_factory.mktemp("runs") / "trained")
     prepare(pool_file, run, proxy="tiny", max_length=MAX_LENGTH, progress=False)
-    train_proxy(run, epochs=2, batch_size=8, n_checkpoints=N_CHECKPOINTS, precision="fp32",
-                seed=0, progress=False)
+    train_proxy(
+        run,
+        epochs=2,
+        batch_size=8,
+        n_checkpoints=N_CHECKPOINTS,
+        precision="fp32",
+        seed=0,
+        progress=False,
+    )
     return run
 
 
@@ -75,3 +82,27 @@ def pytest_configure(config):
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+
+
+def tiny_llama(tokenizer, *, tie_word_embeddings: bool = False, seed: int = 0):
+    """A randomly initialised 2-layer Llama (hidden 64) sized for ``tokenizer``, fp32,
+    deterministic for ``seed`` (the global RNG is left as it was)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=tie_word_embeddings,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)

@@ -15,8 +15,20 @@ import pytest
 
 from smalltolarge.cli import main
 
-SMALL_RUN = ["--max-length", "128", "--epochs", "1", "--batch-size", "8", "--checkpoints", "3",
-             "--precision", "fp32", "--clusters", "6"]
+SMALL_RUN = [
+    "--max-length",
+    "128",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "8",
+    "--checkpoints",
+    "3",
+    "--precision",
+    "fp32",
+    "--clusters",
+    "6",
+]
 
 
 def s2l(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -41,7 +53,9 @@ def assert_clean_error(code: int, err: str, *fragments: str) -> None:
 
 def test_help_lists_the_stages():
     out = subprocess.run(
-        [sys.executable, "-m", "smalltolarge", "--help"], capture_output=True, text=True,
+        [sys.executable, "-m", "smalltolarge", "--help"],
+        capture_output=True,
+        text=True,
         check=True,
     ).stdout
     for command in ("prepare", "train-proxy", "score", "select", "run", "demo"):
@@ -50,8 +64,9 @@ def test_help_lists_the_stages():
 
 def test_end_to_end_run_then_reuse(monkeypatch, capsys, pool_file, tmp_path):
     run_dir = tmp_path / "run"
-    code, out, err = s2l(monkeypatch, capsys, "run", pool_file, "--run-dir", run_dir,
-                         *SMALL_RUN, "--budget", "0.25")
+    code, out, err = s2l(
+        monkeypatch, capsys, "run", pool_file, "--run-dir", run_dir, *SMALL_RUN, "--budget", "0.25"
+    )
     assert code == 0, err
     assert "selected 30 of 120 examples" in out
     assert "examples per source" in out
@@ -64,16 +79,28 @@ def test_end_to_end_run_then_reuse(monkeypatch, capsys, pool_file, tmp_path):
     proxy_mtime = (run_dir / "proxy" / "proxy.json").stat().st_mtime_ns
 
     # a new budget redoes only the selection
-    code, out, err = s2l(monkeypatch, capsys, "run", pool_file, "--run-dir", run_dir,
-                         *SMALL_RUN, "--budget", "12")
+    code, out, err = s2l(
+        monkeypatch, capsys, "run", pool_file, "--run-dir", run_dir, *SMALL_RUN, "--budget", "12"
+    )
     assert code == 0, err
     assert "up to date" in out
     assert (run_dir / "proxy" / "proxy.json").stat().st_mtime_ns == proxy_mtime
     assert len((run_dir / "selections" / "s2l-12-seed0" / "ids.txt").read_text().split()) == 12
 
     # the stage commands work on the same run directory
-    code, out, err = s2l(monkeypatch, capsys, "select", "--run-dir", run_dir, "--method",
-                         "random", "--budget", "10%", "--seed", "3")
+    code, out, err = s2l(
+        monkeypatch,
+        capsys,
+        "select",
+        "--run-dir",
+        run_dir,
+        "--method",
+        "random",
+        "--budget",
+        "10%",
+        "--seed",
+        "3",
+    )
     assert code == 0, err
     assert len((run_dir / "selections" / "random-0.1-seed3" / "ids.txt").read_text().split()) == 12
 
@@ -116,8 +143,9 @@ def test_skip_invalid_drops_and_reports(monkeypatch, capsys, tmp_path):
     records = good_records(5)
     records[1]["output"] = ""
     pool = write_jsonl(tmp_path / "pool.jsonl", records)
-    code, out, err = s2l(monkeypatch, capsys, "prepare", pool, "--run-dir", tmp_path / "r",
-                         "--skip-invalid")
+    code, out, err = s2l(
+        monkeypatch, capsys, "prepare", pool, "--run-dir", tmp_path / "r", "--skip-invalid"
+    )
     assert code == 0, err
     assert "skipped 1 invalid examples" in out
     assert "4 scorable examples" in out
@@ -126,27 +154,31 @@ def test_skip_invalid_drops_and_reports(monkeypatch, capsys, tmp_path):
 @pytest.mark.parametrize("budget", ["0", "-5", "21", "1.5"])
 def test_bad_budget_is_refused_before_training(monkeypatch, capsys, tmp_path, budget):
     pool = write_jsonl(tmp_path / "pool.jsonl", good_records(20))
-    code, _, err = s2l(monkeypatch, capsys, "run", pool, "--run-dir", tmp_path / "r",
-                       "--budget", budget)
+    code, _, err = s2l(
+        monkeypatch, capsys, "run", pool, "--run-dir", tmp_path / "r", "--budget", budget
+    )
     assert_clean_error(code, err, "budget")
     assert not (tmp_path / "r" / "proxy").exists()
 
 
-def test_trajectories_of_another_pool_are_refused(monkeypatch, capsys, pool_file, run_copy,
-                                                  tmp_path):
+def test_trajectories_of_another_pool_are_refused(
+    monkeypatch, capsys, pool_file, run_copy, tmp_path
+):
     edited = tmp_path / "edited.jsonl"
     text = pool_file.read_text()
     edited.write_text(text.replace('"output":"', '"output":"Edited. ', 1))
-    code, _, err = s2l(monkeypatch, capsys, "prepare", edited, "--run-dir", run_copy.root,
-                       "--max-length", "128")
+    code, _, err = s2l(
+        monkeypatch, capsys, "prepare", edited, "--run-dir", run_copy.root, "--max-length", "128"
+    )
     assert code == 0, err
     code, _, err = s2l(monkeypatch, capsys, "select", "--run-dir", run_copy.root)
     assert_clean_error(code, err, "different pool")
 
 
 def test_unknown_method_and_missing_run(monkeypatch, capsys, run_copy, tmp_path):
-    code, _, err = s2l(monkeypatch, capsys, "select", "--run-dir", run_copy.root, "--method",
-                       "magic")
+    code, _, err = s2l(
+        monkeypatch, capsys, "select", "--run-dir", run_copy.root, "--method", "magic"
+    )
     assert_clean_error(code, err, "unknown selection method 'magic'")
     code, _, err = s2l(monkeypatch, capsys, "score", "--run-dir", tmp_path / "nothing")
     assert_clean_error(code, err, "s2l prepare")

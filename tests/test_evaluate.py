@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 import smalltolarge.evaluate as ev
 from smalltolarge.demo_data import DEMO_EVAL
@@ -29,6 +28,8 @@ from smalltolarge.evaluate import (
 )
 from smalltolarge.formatting import format_prompt
 from smalltolarge.models import load_tokenizer, train_bpe_tokenizer
+
+from .conftest import tiny_llama
 
 PREDICTION_FIELDS = {
     "id",
@@ -81,23 +82,7 @@ def tokenizer(demo_records):
 @pytest.fixture(scope="module")
 def tiny_model(tokenizer):
     """A randomly initialised 2-layer Llama (hidden 64), fp32; deterministic for the seed."""
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config)
-    return model.eval()
+    return tiny_llama(tokenizer, tie_word_embeddings=True).eval()
 
 
 @pytest.fixture(scope="module")

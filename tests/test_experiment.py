@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from smalltolarge.demo_data import DEMO_EVAL, DEMO_POOL
 from smalltolarge.errors import S2LError
@@ -27,6 +26,8 @@ from smalltolarge.experiment import (
     write_table,
 )
 from smalltolarge.models import train_bpe_tokenizer
+
+from .conftest import tiny_llama
 
 N_POOL = 80
 EVAL_PER_SOURCE = 2
@@ -55,21 +56,8 @@ def target(tmp_path_factory, pool_file) -> Path:
     """A tiny untrained Llama and its tokenizer, saved as a HF model directory."""
     records = [json.loads(line) for line in pool_file.read_text().splitlines()]
     tokenizer = train_bpe_tokenizer((r["instruction"] + r["output"] for r in records), 512)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("target")
-    LlamaForCausalLM(config).save_pretrained(str(directory))
+    tiny_llama(tokenizer).save_pretrained(str(directory))
     tokenizer.save_pretrained(str(directory))
     return directory
 

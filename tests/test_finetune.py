@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, TrainerCallback
+from transformers import AutoModelForCausalLM, LlamaForCausalLM, TrainerCallback
 
 from smalltolarge.data import load_pool
 from smalltolarge.demo_data import DEMO_POOL
@@ -26,6 +26,8 @@ from smalltolarge.formatting import TokenArrays, format_prompt, length_batches, 
 from smalltolarge.models import load_tokenizer, train_bpe_tokenizer
 from smalltolarge.runs import read_json
 from smalltolarge.scoring import score_model
+
+from .conftest import tiny_llama
 
 N_TRAIN = 64
 MAX_LENGTH = 128
@@ -95,20 +97,7 @@ def _save_tiny_target(directory: Path, train_file: Path, *, pad_token: bool = Tr
     tokenizer = train_bpe_tokenizer(texts, 1024)
     if not pad_token:
         tokenizer.pad_token = None
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(str(directory))
+    tiny_llama(tokenizer).save_pretrained(str(directory))
     tokenizer.save_pretrained(str(directory))
     return directory
 

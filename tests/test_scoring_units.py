@@ -53,23 +53,56 @@ def score_in_subprocess(run: RunDir, *extra: str) -> tuple[np.ndarray, np.ndarra
     """A single-process scoring run with the same thread settings as the launched ones (the
     thread count changes the order of floating-point sums, so it is held fixed)."""
     proc = subprocess.run(
-        cli("score", "--run-dir", run.root, "--precision", "fp32", "--chunk-tokens", CHUNK,
-            "--force", *extra),
-        capture_output=True, text=True, env=env(), timeout=600,
+        cli(
+            "score",
+            "--run-dir",
+            run.root,
+            "--precision",
+            "fp32",
+            "--chunk-tokens",
+            CHUNK,
+            "--force",
+            *extra,
+        ),
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return (np.load(run.trajectories_dir / "losses.npy"),
-            np.load(run.trajectories_dir / "embeddings.npy"))
+    return (
+        np.load(run.trajectories_dir / "losses.npy"),
+        np.load(run.trajectories_dir / "embeddings.npy"),
+    )
 
 
 def test_two_processes_give_the_single_process_matrix(run_copy, tmp_path):
     expected, expected_emb = score_in_subprocess(run_copy)
     proc = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-         "--num_processes", "2", "--main_process_port", "29533",
-         "-m", "smalltolarge.cli", "score", "--run-dir", run_copy.root, "--precision", "fp32",
-         "--chunk-tokens", CHUNK, "--force"],
-        capture_output=True, text=True, env=env(), timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            "29533",
+            "-m",
+            "smalltolarge.cli",
+            "score",
+            "--run-dir",
+            run_copy.root,
+            "--precision",
+            "fp32",
+            "--chunk-tokens",
+            CHUNK,
+            "--force",
+        ],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.loads((run_copy.trajectories_dir / "meta.json").read_text())
@@ -82,10 +115,19 @@ def test_two_processes_give_the_single_process_matrix(run_copy, tmp_path):
 def test_sigkill_then_resume_recomputes_only_unfinished_units(run_copy):
     expected, _ = score_in_subprocess(run_copy, "--max-tokens", "64")
     parts = run_copy.trajectories_dir / "parts"
-    args = cli("score", "--run-dir", run_copy.root, "--precision", "fp32", "--chunk-tokens",
-               CHUNK, "--max-tokens", "64", "--force")
-    victim = subprocess.Popen(args, env=env(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    args = cli(
+        "score",
+        "--run-dir",
+        run_copy.root,
+        "--precision",
+        "fp32",
+        "--chunk-tokens",
+        CHUNK,
+        "--max-tokens",
+        "64",
+        "--force",
+    )
+    victim = subprocess.Popen(args, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     done: list[Path] = []
     while time.monotonic() < deadline and victim.poll() is None:
@@ -101,9 +143,21 @@ def test_sigkill_then_resume_recomputes_only_unfinished_units(run_copy):
     assert not (run_copy.trajectories_dir / "meta.json").exists()
 
     resumed = subprocess.run(
-        cli("score", "--run-dir", run_copy.root, "--precision", "fp32", "--chunk-tokens", CHUNK,
-            "--max-tokens", "64"),
-        capture_output=True, text=True, env=env(), timeout=600,
+        cli(
+            "score",
+            "--run-dir",
+            run_copy.root,
+            "--precision",
+            "fp32",
+            "--chunk-tokens",
+            CHUNK,
+            "--max-tokens",
+            "64",
+        ),
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=600,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"{len(finished)} of" in resumed.stdout + resumed.stderr
@@ -122,16 +176,28 @@ def test_callback_records_trajectories_under_a_users_trainer(trained_run, tmp_pa
     tokenised = load_tokenised(run)
     tokenizer = load_tokenizer(run.tokenizer_dir)
     model = build_preset_model("tiny", tokenizer, seed=1)
-    callback = TrajectoryCallback(run, n_checkpoints=3, precision="fp32", chunk_tokens=500,
-                                  progress=False)
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "out"), num_train_epochs=1, per_device_train_batch_size=16,
-        learning_rate=1e-3, save_strategy="no", report_to="none", disable_tqdm=True,
-        remove_unused_columns=False, use_cpu=True, seed=1,
+    callback = TrajectoryCallback(
+        run, n_checkpoints=3, precision="fp32", chunk_tokens=500, progress=False
     )
-    trainer = Trainer(model=model, args=args, train_dataset=tokenised.dataset,
-                      data_collator=lambda ex: collate(ex, tokenizer.pad_token_id),
-                      callbacks=[callback])
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        num_train_epochs=1,
+        per_device_train_batch_size=16,
+        learning_rate=1e-3,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        use_cpu=True,
+        seed=1,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=tokenised.dataset,
+        data_collator=lambda ex: collate(ex, tokenizer.pad_token_id),
+        callbacks=[callback],
+    )
     trainer.train()
     traj = callback.trajectories
     assert traj is not None
@@ -145,9 +211,15 @@ def test_callback_records_trajectories_under_a_users_trainer(trained_run, tmp_pa
     arrays = TokenArrays.from_dataset(tokenised.dataset)
     expected = np.empty(len(tokenised), dtype=np.float32)
     for rows in plan_chunks(arrays.lengths, 500):
-        for pos, loss, _ in _score_batches(model, arrays, rows, max_tokens=16384,
-                                           precision="fp32", device="cpu",
-                                           pad_id=tokenizer.pad_token_id):
+        for pos, loss, _ in _score_batches(
+            model,
+            arrays,
+            rows,
+            max_tokens=16384,
+            precision="fp32",
+            device="cpu",
+            pad_id=tokenizer.pad_token_id,
+        ):
             expected[rows[pos]] = loss
     np.testing.assert_array_equal(traj.losses[:, -1], expected)
     assert traj.embeddings is not None and traj.embeddings.shape[0] == len(tokenised)
@@ -164,8 +236,15 @@ def test_proxy_training_records_or_leaves_scoring_to_score(trained_run, tmp_path
     run = RunDir(tmp_path / "r")
     shutil.copytree(trained_run.root, run.root)
     shutil.rmtree(run.trajectories_dir, ignore_errors=True)
-    train_proxy(run, epochs=1, batch_size=8, n_checkpoints=2, precision="fp32",
-                record=record, progress=False)
+    train_proxy(
+        run,
+        epochs=1,
+        batch_size=8,
+        n_checkpoints=2,
+        precision="fp32",
+        record=record,
+        progress=False,
+    )
     assert (run.trajectories_dir / "meta.json").is_file() == record
     scored = score_trajectories(run, precision="fp32", progress=False)
     again = score_trajectories(run, precision="fp32", force=True, progress=False)

@@ -24,9 +24,7 @@ def pool_ids(pool_file):
 def fake_losses(n: int, t: int = 5, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     start = rng.uniform(3, 8, size=(n, 1))
-    return (start * np.exp(-rng.uniform(0.1, 0.6, size=(n, 1)) * np.arange(t))).astype(
-        np.float32
-    )
+    return (start * np.exp(-rng.uniform(0.1, 0.6, size=(n, 1)) * np.arange(t))).astype(np.float32)
 
 
 def test_npy_with_ids_selects_from_the_pool(tmp_path, pool_file, pool_ids):
@@ -34,22 +32,36 @@ def test_npy_with_ids_selects_from_the_pool(tmp_path, pool_file, pool_ids):
     np.save(tmp_path / "l.npy", losses[::-1])
     (tmp_path / "ids.txt").write_text("\n".join(pool_ids[::-1]) + "\n")
     run = RunDir(tmp_path / "run")
-    result = select_subset(run, pool=pool_file, trajectories=tmp_path / "l.npy",
-                           trajectory_ids=tmp_path / "ids.txt", budget=24, n_clusters=6)
+    result = select_subset(
+        run,
+        pool=pool_file,
+        trajectories=tmp_path / "l.npy",
+        trajectory_ids=tmp_path / "ids.txt",
+        budget=24,
+        n_clusters=6,
+    )
     assert len(result.ids) == 24 and set(result.ids) <= set(pool_ids)
     assert result.summary["n_scorable"] == len(pool_ids)
     # the same matrix given in pool order selects the same examples: alignment is by id
     np.save(tmp_path / "m.npy", losses)
     (tmp_path / "ids2.json").write_text(json.dumps(pool_ids))
-    again = select_subset(run, pool=pool_file, trajectories=tmp_path / "m.npy",
-                          trajectory_ids=tmp_path / "ids2.json", budget=24, n_clusters=6,
-                          name="again")
+    again = select_subset(
+        run,
+        pool=pool_file,
+        trajectories=tmp_path / "m.npy",
+        trajectory_ids=tmp_path / "ids2.json",
+        budget=24,
+        n_clusters=6,
+        name="again",
+    )
     assert again.ids == result.ids
 
 
 def test_table_columns_are_ordered_by_step(tmp_path):
-    table = [{"id": "a", "loss_200": 1.0, "loss_100": 2.0, "loss_50": 3.0},
-             {"id": "b", "loss_200": 0.5, "loss_100": 0.7, "loss_50": 0.9}]
+    table = [
+        {"id": "a", "loss_200": 1.0, "loss_100": 2.0, "loss_50": 3.0},
+        {"id": "b", "loss_200": 0.5, "loss_100": 0.7, "loss_50": 0.9},
+    ]
     path = tmp_path / "t.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in table))
     traj = import_trajectories(path)
