@@ -31,8 +31,40 @@ from smalltolarge.scoring import (
 CHUNK = "300"  # tokens per unit: dozens of units on the test pool
 
 
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "smalltolarge.cli", *map(str, args)]
+def score_args(run: RunDir, *extra: str, processes: int = 1) -> list[str]:
+    """The `s2l score` command line of these tests (fp32, small units), under `accelerate
+    launch` with several processes."""
+    launcher = [sys.executable, "-m", "smalltolarge.cli"]
+    if processes > 1:
+        launcher = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--main_process_port",
+            "29533",
+            "-m",
+            "smalltolarge.cli",
+        ]
+    return [
+        *launcher,
+        "score",
+        "--run-dir",
+        str(run.root),
+        "--precision",
+        "fp32",
+        "--chunk-tokens",
+        CHUNK,
+        *extra,
+    ]
+
+
+def run_ok(args: list[str]) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, capture_output=True, text=True, env=env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def env() -> dict[str, str]:
@@ -52,24 +84,7 @@ def test_plan_chunks_covers_every_example_once_longest_first():
 def score_in_subprocess(run: RunDir, *extra: str) -> tuple[np.ndarray, np.ndarray]:
     """A single-process scoring run with the same thread settings as the launched ones (the
     thread count changes the order of floating-point sums, so it is held fixed)."""
-    proc = subprocess.run(
-        cli(
-            "score",
-            "--run-dir",
-            run.root,
-            "--precision",
-            "fp32",
-            "--chunk-tokens",
-            CHUNK,
-            "--force",
-            *extra,
-        ),
-        capture_output=True,
-        text=True,
-        env=env(),
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_ok(score_args(run, "--force", *extra))
     return (
         np.load(run.trajectories_dir / "losses.npy"),
         np.load(run.trajectories_dir / "embeddings.npy"),
@@ -78,33 +93,7 @@ def score_in_subprocess(run: RunDir, *extra: str) -> tuple[np.ndarray, np.ndarra
 
 def test_two_processes_give_the_single_process_matrix(run_copy, tmp_path):
     expected, expected_emb = score_in_subprocess(run_copy)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--main_process_port",
-            "29533",
-            "-m",
-            "smalltolarge.cli",
-            "score",
-            "--run-dir",
-            run_copy.root,
-            "--precision",
-            "fp32",
-            "--chunk-tokens",
-            CHUNK,
-            "--force",
-        ],
-        capture_output=True,
-        text=True,
-        env=env(),
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_ok(score_args(run_copy, "--force", processes=2))
     meta = json.loads((run_copy.trajectories_dir / "meta.json").read_text())
     assert meta["processes"] == 2
     merged = np.load(run_copy.trajectories_dir / "losses.npy")
@@ -115,18 +104,7 @@ def test_two_processes_give_the_single_process_matrix(run_copy, tmp_path):
 def test_sigkill_then_resume_recomputes_only_unfinished_units(run_copy):
     expected, _ = score_in_subprocess(run_copy, "--max-tokens", "64")
     parts = run_copy.trajectories_dir / "parts"
-    args = cli(
-        "score",
-        "--run-dir",
-        run_copy.root,
-        "--precision",
-        "fp32",
-        "--chunk-tokens",
-        CHUNK,
-        "--max-tokens",
-        "64",
-        "--force",
-    )
+    args = score_args(run_copy, "--max-tokens", "64", "--force")
     victim = subprocess.Popen(args, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     done: list[Path] = []
@@ -142,24 +120,7 @@ def test_sigkill_then_resume_recomputes_only_unfinished_units(run_copy):
     assert len(finished) >= 6
     assert not (run_copy.trajectories_dir / "meta.json").exists()
 
-    resumed = subprocess.run(
-        cli(
-            "score",
-            "--run-dir",
-            run_copy.root,
-            "--precision",
-            "fp32",
-            "--chunk-tokens",
-            CHUNK,
-            "--max-tokens",
-            "64",
-        ),
-        capture_output=True,
-        text=True,
-        env=env(),
-        timeout=600,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = run_ok(score_args(run_copy, "--max-tokens", "64"))
     assert f"{len(finished)} of" in resumed.stdout + resumed.stderr
     assert "already scored and skipped" in resumed.stdout + resumed.stderr
     losses = np.load(run_copy.trajectories_dir / "losses.npy")
