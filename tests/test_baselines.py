@@ -88,6 +88,9 @@ def test_registry_lists_every_baseline():
         "high-variability",
         "facility-location",
         "kmeans-embeddings",
+        "s2l-whitened",
+        "s2l-shape",
+        "s2l-cartography",
     ]
     assert set(SELECTORS) == {"s2l", *BASELINES}
     for key in BASELINES:
@@ -123,7 +126,7 @@ def test_selects_exactly_budget_and_is_deterministic(method):
         _assert_valid_selection(rows, n, budget)
         again = make_selector(method).select(signals, budget, seed=3)
         np.testing.assert_array_equal(rows, again)
-    with pytest.raises(S2LError, match="outside"):
+    with pytest.raises(S2LError, match="more examples than"):
         make_selector(method).select(signals, n + 1, seed=0)
     with pytest.raises(S2LError, match="budget must be an int"):
         make_selector(method).select(signals, 2.0, seed=0)

@@ -20,6 +20,7 @@ from smalltolarge.selection import (
 )
 from smalltolarge.selection import base as selection_base
 from smalltolarge.selection import s2l as s2l_module
+from smalltolarge.selection.s2l import effective_clusters
 
 # --------------------------------------------------------------------------------------------
 # fixtures
@@ -194,15 +195,18 @@ def test_s2l_selects_exactly_budget(n, budget, k):
     selector = S2LSelector(n_clusters=k)
     rows = selector.select(_signals(_random_losses(n)), budget, seed=0)
     _assert_valid_selection(rows, n, budget)
-    assert selector.n_clusters_ == min(k, n)
+    k_eff = effective_clusters(k, n)
+    assert selector.n_clusters_ == k_eff == max(1, min(k, n // 10))
     assert selector.labels_.shape == (n,) and selector.labels_.dtype == np.int64
     assert selector.cluster_sizes_.sum() == n
     assert selector.cluster_taken_.sum() == budget
-    np.testing.assert_array_equal(
-        selector.cluster_taken_, water_fill(selector.cluster_sizes_, budget)
+    # equal-size clusters share the quotas in a seeded random order: compare as multisets
+    sizes = selector.cluster_sizes_
+    assert sorted(zip(sizes, selector.cluster_taken_, strict=True)) == sorted(
+        zip(sizes, water_fill(sizes, budget), strict=True)
     )
     np.testing.assert_array_equal(
-        selector.cluster_taken_, np.bincount(selector.labels_[rows], minlength=min(k, n))
+        selector.cluster_taken_, np.bincount(selector.labels_[rows], minlength=k_eff)
     )
 
 
@@ -212,10 +216,11 @@ def test_s2l_tiny_clusters_and_duplicates():
     losses = np.zeros((43, 4), dtype=np.float32)
     losses[40] = 5.0
     losses[41:] = 9.0
-    selector = S2LSelector(n_clusters=5)
+    selector = S2LSelector(n_clusters=5, min_rows_per_cluster=1)
     rows = selector.select(_signals(losses), 10, seed=0)
     _assert_valid_selection(rows, 43, 10)
     assert {40, 41, 42} <= set(rows)
+    assert any("empty" in note for note in selector.warnings_)
 
 
 def test_s2l_is_deterministic_in_seed():
@@ -255,9 +260,16 @@ def test_s2l_clamps_k_to_pool():
     selector = S2LSelector(n_clusters=100)
     rows = selector.select(_signals(_random_losses(30)), 12, seed=0)
     _assert_valid_selection(rows, 30, 12)
-    assert selector.n_clusters_ == 30
-    assert selector.cluster_sizes_.shape == (30,) and selector.cluster_taken_.shape == (30,)
-    assert selector.centroids_.shape == (30, 6)
+    assert selector.n_clusters_ == 3  # at least 10 rows per cluster on average
+    assert selector.warnings_ == [
+        "K reduced from 100 to 3: 30 rows, at least 10 per cluster on average"
+    ]
+    assert selector.cluster_sizes_.shape == (3,) and selector.cluster_taken_.shape == (3,)
+    assert selector.centroids_.shape == (3, 6)
+    every_row = S2LSelector(n_clusters=100, min_rows_per_cluster=1)
+    every_row.select(_signals(_random_losses(30)), 12, seed=0)
+    assert every_row.n_clusters_ == 30 and every_row.centroids_.shape == (30, 6)
+    assert any("one or two rows" in note for note in every_row.warnings_)
 
 
 def test_s2l_sklearn_backend():
@@ -442,3 +454,91 @@ def test_make_selector():
         make_selector("less")
     with pytest.raises(S2LError, match="n_clusters"):
         make_selector("random", n_clusters=5)
+
+
+# --------------------------------------------------------------------------------------------
+# small pools: n <= K, ties, singleton clusters, clusters set aside as outliers
+
+
+@pytest.mark.parametrize("min_rows", [10, 1])
+def test_small_pool_selection_depends_on_the_seed(min_rows):
+    # The reported bug: 80 rows, K=100 made every row its own cluster in row order, and the
+    # water-filling handed the whole budget to the highest labels (rows 60..79, every seed).
+    signals = _signals(np.random.default_rng(0).random((80, 12), dtype=np.float32))
+    picks = [
+        tuple(S2LSelector(n_clusters=100, min_rows_per_cluster=min_rows).select(signals, 20, s))
+        for s in range(3)
+    ]
+    assert len(set(picks)) == 3
+    assert all(p != tuple(range(60, 80)) for p in picks)
+
+
+def test_singleton_clusters_are_drawn_uniformly():
+    # 6 distinct rows, K = n: every cluster holds one row, so a 2-row selection must be a
+    # uniform draw; over 3000 seeds each row is picked ~1000 times (chi-square, 5 dof).
+    from scipy.stats import chisquare
+
+    losses = np.arange(6, dtype=np.float32)[:, None] * np.ones((1, 3), dtype=np.float32)
+    signals = _signals(losses)
+    counts = np.zeros(6)
+    for seed in range(3000):
+        rows = S2LSelector(n_clusters=6, min_rows_per_cluster=1).select(signals, 2, seed)
+        counts[rows] += 1
+    assert counts.sum() == 6000
+    assert chisquare(counts).pvalue > 1e-3, counts
+
+
+def test_equal_size_clusters_share_the_remainder_at_random():
+    # 3 clusters of 5, budget 7: quotas 2, 2, 3; which cluster gets 3 depends on the seed only.
+    labels = np.repeat(np.arange(3), 5)
+    winners = {
+        int(np.argmax(np.bincount(labels[balanced_sample(labels, 7, np.random.default_rng(s))])))
+        for s in range(40)
+    }
+    assert winners == {0, 1, 2}
+    # without a generator, water_fill keeps its documented index order
+    np.testing.assert_array_equal(water_fill([5, 5, 5], 7), [2, 2, 3])
+
+
+def _reference_counts(labels: np.ndarray, budget: int) -> dict[str, int]:
+    """What the public reference code's per-source sampler takes: water-filling over clusters
+    of more than 2 rows, then any remaining budget from the rows of the clusters of <= 2."""
+    clusters, counts = np.unique(labels, return_counts=True)
+    big = np.argsort(counts, kind="stable")
+    big = big[counts[big] > 2]
+    taken = {}
+    for i, c in enumerate(big):
+        quota = budget // (len(big) - i)
+        taken[int(clusters[c])] = min(quota, int(counts[c]))
+        budget -= taken[int(clusters[c])]
+    return {"per_cluster": taken, "outliers": budget}
+
+
+@pytest.mark.parametrize("budget", [5, 9, 10])
+def test_outliers_set_aside_as_in_the_reference(budget):
+    # clusters of 1, 2 and 3 rows and one of 4: with outlier_max_size=2 the first two only
+    # fill what clusters 2 and 3 cannot supply (budget 9: 3 + 4, then 2 of the 3 outliers).
+    labels = np.array([0, 1, 1, 2, 2, 2, 3, 3, 3, 3])
+    expected = _reference_counts(labels, budget)
+    for seed in range(5):
+        rows = balanced_sample(labels, budget, np.random.default_rng(seed), outlier_max_size=2)
+        assert len(rows) == budget == len(set(rows.tolist()))
+        per_cluster = np.bincount(labels[rows], minlength=4)
+        assert {2: per_cluster[2], 3: per_cluster[3]} == expected["per_cluster"]
+        assert per_cluster[0] + per_cluster[1] == expected["outliers"]
+    assert _reference_counts(labels, 9)["outliers"] == 2
+    assert _reference_counts(labels, 5)["outliers"] == 0
+
+
+def test_s2l_warns_about_constant_trajectories():
+    selector = S2LSelector(n_clusters=5)
+    rows = selector.select(_signals(np.full((60, 4), 2.5, dtype=np.float32)), 10, seed=0)
+    _assert_valid_selection(rows, 60, 10)
+    assert any("identical" in note for note in selector.warnings_)
+
+
+def test_s2l_rejects_bad_new_settings():
+    with pytest.raises(S2LError, match="min_rows_per_cluster"):
+        S2LSelector(min_rows_per_cluster=0).select(_signals(_random_losses(20)), 5, 0)
+    with pytest.raises(S2LError, match="outlier_max_size"):
+        S2LSelector(outlier_max_size=-1).select(_signals(_random_losses(20)), 5, 0)

@@ -37,7 +37,12 @@ ALPACA_PROMPT_WITH_INPUT = (
     "context. Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 )
-TEMPLATES = ("alpaca", "chat")
+# The public reference code's Alpaca prompt ends with "### Response:" and the response follows
+# at once; ours puts the response on its own line, which tokenises the boundary the same way
+# whatever the response's first character.
+ALPACA_REFERENCE_PROMPT = ALPACA_PROMPT.removesuffix("\n")
+ALPACA_REFERENCE_PROMPT_WITH_INPUT = ALPACA_PROMPT_WITH_INPUT.removesuffix("\n")
+TEMPLATES = ("alpaca", "alpaca-reference", "chat")
 
 #: Columns of the tokenised dataset.
 #: input_ids: int32 token ids, prompt then response then eos (possibly truncated);
@@ -102,15 +107,18 @@ def format_prompt(
     template: str = "alpaca",
     tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> str:
-    """The prompt text of one example under ``template`` (``alpaca`` or ``chat``).
+    """The prompt text of one example under ``template`` (one of :data:`TEMPLATES`).
 
     ``messages`` is the pool's JSON list of prompt turns for chat pools ("" otherwise). The
     chat template is the tokenizer's own; the Alpaca template is S2L's reference format.
     """
-    if template == "alpaca":
+    if template in ("alpaca", "alpaca-reference"):
+        reference = template == "alpaca-reference"
         if input_text:
-            return ALPACA_PROMPT_WITH_INPUT.format(instruction=instruction, input=input_text)
-        return ALPACA_PROMPT.format(instruction=instruction)
+            text = ALPACA_REFERENCE_PROMPT_WITH_INPUT if reference else ALPACA_PROMPT_WITH_INPUT
+            return text.format(instruction=instruction, input=input_text)
+        text = ALPACA_REFERENCE_PROMPT if reference else ALPACA_PROMPT
+        return text.format(instruction=instruction)
     if template == "chat":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise S2LError("template 'chat' needs a tokenizer with a chat template")
@@ -143,7 +151,7 @@ def tokenise_pool(
     if template == "chat":
         format_prompt("check", template="chat", tokenizer=tokenizer)  # fails early if no template
     # With a chat template the rendered text already carries the BOS token.
-    add_special = template == "alpaca"
+    add_special = template != "chat"
     eos = tokenizer.eos_token_id
 
     def encode(batch: dict, indices: list[int]) -> dict:

@@ -29,14 +29,21 @@ from smalltolarge.selection.baselines import (
     MiddlePerplexitySelector,
     RandomSelector,
 )
+from smalltolarge.selection.diagnostics import trajectory_diagnostics
 from smalltolarge.selection.facility import FacilityLocationSelector
 from smalltolarge.selection.s2l import S2LSelector, kmeans_labels
+from smalltolarge.selection.shape import (
+    CartographyS2LSelector,
+    ShapeS2LSelector,
+    WhitenedS2LSelector,
+)
 from smalltolarge.selection.stratified import Stratified
 
 __all__ = [
     "BASELINES",
     "SELECTORS",
     "BalancedRandomSelector",
+    "CartographyS2LSelector",
     "FacilityLocationSelector",
     "HighLearnabilitySelector",
     "HighVariabilitySelector",
@@ -47,12 +54,16 @@ __all__ = [
     "RandomSelector",
     "S2LSelector",
     "Selector",
+    "ShapeS2LSelector",
     "Signals",
     "Stratified",
+    "WhitenedS2LSelector",
+    "accepts",
     "balanced_sample",
     "kmeans_labels",
     "make_selector",
     "resolve_budget",
+    "trajectory_diagnostics",
     "water_fill",
 ]
 
@@ -67,6 +78,9 @@ SELECTORS: dict[str, type] = {
     "high-variability": HighVariabilitySelector,
     "facility-location": FacilityLocationSelector,
     "kmeans-embeddings": KMeansEmbeddingsSelector,
+    "s2l-whitened": WhitenedS2LSelector,
+    "s2l-shape": ShapeS2LSelector,
+    "s2l-cartography": CartographyS2LSelector,
 }
 
 # The methods S2L is compared against (every registered method but S2L itself).
@@ -93,11 +107,7 @@ def make_selector(method: str, *, stratify: bool = False, **settings: Any) -> Se
             f"unknown selection method {method!r}; known: {', '.join(sorted(SELECTORS))}"
         )
     cls = SELECTORS[method]
-    accepted = [
-        p.name
-        for p in inspect.signature(cls.__init__).parameters.values()
-        if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    ]
+    accepted = _settings_of(cls)
     given = {key: value for key, value in settings.items() if value is not None}
     unknown = sorted(set(given) - set(accepted))
     if unknown:
@@ -106,4 +116,21 @@ def make_selector(method: str, *, stratify: bool = False, **settings: Any) -> Se
             f"selection method {method!r} does not take {', '.join(unknown)} (it takes: {takes})"
         )
     selector = cls(**given)
+    check = getattr(selector, "_check_settings", None)
+    if check is not None:  # refuse a bad setting now, not after the stages before selection
+        check()
     return Stratified(selector) if stratify else selector
+
+
+def accepts(method: str, setting: str) -> bool:
+    """True when the selector registered as ``method`` takes ``setting`` in its constructor."""
+    return method in SELECTORS and setting in _settings_of(SELECTORS[method])
+
+
+def _settings_of(cls: type) -> list[str]:
+    """The constructor arguments of a selector class, in order."""
+    return [
+        p.name
+        for p in inspect.signature(cls.__init__).parameters.values()
+        if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]

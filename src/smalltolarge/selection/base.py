@@ -154,17 +154,24 @@ def resolve_budget(budget: float | int | str, n_total: int, n_selectable: int | 
     return count
 
 
-def water_fill(sizes: Sequence[int] | np.ndarray, budget: int) -> np.ndarray:
+def water_fill(
+    sizes: Sequence[int] | np.ndarray, budget: int, rng: np.random.Generator | None = None
+) -> np.ndarray:
     """Split ``budget`` over groups of the given sizes, smallest group first.
 
-    Groups are visited from smallest to largest (ties by index). Before visiting a group, its
-    quota is ``(budget still to fill) // (groups not yet visited, this one included)``; a group
-    no larger than its quota is taken whole, otherwise it gets exactly the quota. Leftovers of
-    small groups and of the integer division thus flow to the larger groups.
+    Groups are visited from smallest to largest. Before visiting a group, its quota is
+    ``(budget still to fill) // (groups not yet visited, this one included)``; a group no larger
+    than its quota is taken whole, otherwise it gets exactly the quota. Leftovers of small groups
+    and of the integer division thus flow to the larger groups.
+
+    The order among groups of equal size decides which of them gets the remainder of the
+    integer division (and, for groups of one row, which are taken at all), so with ``rng`` the
+    ties are visited in a random order drawn from it; without it, in index order.
 
     Args:
         sizes: ``(G,)`` non-negative group sizes.
         budget: non-negative number of items to hand out.
+        rng: source of the random order among equal-size groups (None: index order).
 
     Returns:
         ``(G,)`` int64 quotas aligned with ``sizes``; ``quotas <= sizes`` and
@@ -177,26 +184,35 @@ def water_fill(sizes: Sequence[int] | np.ndarray, budget: int) -> np.ndarray:
         raise S2LError(f"budget must be non-negative, got {budget}")
     quotas = np.zeros(len(sizes), dtype=np.int64)
     remaining = int(budget)
-    order = np.argsort(sizes, kind="stable")
-    for visited, group in enumerate(order):
-        quota = remaining // (len(order) - visited)
+    for visited, group in enumerate(_smallest_first(sizes, rng)):
+        quota = remaining // (len(sizes) - visited)
         quotas[group] = min(int(sizes[group]), quota)
         remaining -= int(quotas[group])
     return quotas
 
 
-def balanced_sample(labels: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarray:
+def balanced_sample(
+    labels: np.ndarray,
+    budget: int,
+    rng: np.random.Generator,
+    *,
+    outlier_max_size: int = 0,
+) -> np.ndarray:
     """Sample ``budget`` rows spread evenly over clusters by :func:`water_fill`.
 
     Clusters no larger than their quota are taken whole; from the others, exactly the quota is
-    drawn uniformly at random without replacement. Clusters are visited (and drawn from) from
-    smallest to largest, ties by label, so the result depends only on ``labels``, ``budget``
-    and the state of ``rng``.
+    drawn uniformly at random without replacement. Clusters of equal size are visited in a
+    random order drawn from ``rng``, so no cluster is favoured for its label.
+
+    With ``outlier_max_size > 0`` (the public reference code uses 2), clusters of at most that
+    many rows are set aside as outliers: the budget is water-filled over the other clusters,
+    and only what they cannot supply is drawn, uniformly at random, from the outliers' rows.
 
     Args:
         labels: ``(n,)`` non-negative int cluster labels.
         budget: number of rows to pick, ``0 <= budget <= n``.
         rng: source of randomness (advanced by the draws).
+        outlier_max_size: clusters of at most this many rows are outliers (0: none).
 
     Returns:
         ``(budget,)`` sorted unique int64 row indices.
@@ -209,19 +225,22 @@ def balanced_sample(labels: np.ndarray, budget: int, rng: np.random.Generator) -
     if labels.min() < 0:
         raise S2LError("cluster labels must be non-negative")
     sizes = np.bincount(labels)
-    quotas = water_fill(sizes, budget)
+    outlier = (sizes <= outlier_max_size) & (sizes > 0)
+    quotas = water_fill(np.where(outlier, 0, sizes), budget, rng)
     members = _rows_by_label(labels, sizes)
     starts = np.concatenate([[0], np.cumsum(sizes)])
 
-    picked = []
-    for label in np.argsort(sizes, kind="stable"):
-        quota, size = int(quotas[label]), int(sizes[label])
-        if quota == 0:
-            continue
-        rows = members[starts[label] : starts[label] + size]
-        picked.append(rows if quota == size else rows[rng.choice(size, quota, replace=False)])
-    if not picked:
-        return np.zeros(0, dtype=np.int64)
+    def rows_of(label: int) -> np.ndarray:
+        return members[starts[label] : starts[label] + int(sizes[label])]
+
+    picked = [np.zeros(0, dtype=np.int64)]
+    for label in np.flatnonzero(quotas):
+        quota, rows = int(quotas[label]), rows_of(label)
+        picked.append(rows if quota == len(rows) else rows[rng.choice(len(rows), quota, False)])
+    left = budget - int(quotas.sum())
+    if left:  # only possible with outliers set aside: fill from them, as the reference does
+        spare = np.concatenate([rows_of(label) for label in np.flatnonzero(outlier)])
+        picked.append(spare[rng.choice(len(spare), left, replace=False)])
     return np.sort(np.concatenate(picked)).astype(np.int64, copy=False)
 
 
@@ -229,8 +248,10 @@ def check_budget(budget: int, n: int) -> None:
     """Raise S2LError unless ``budget`` is an int in ``[0, n]`` (for :meth:`Selector.select`)."""
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)):
         raise S2LError(f"budget must be an int number of examples, got {budget!r}")
-    if not 0 <= budget <= n:
-        raise S2LError(f"budget {budget} is outside [0, {n}] for a pool of {n} examples")
+    if budget < 0:
+        raise S2LError(f"budget {budget} is negative; give a number of examples")
+    if budget > n:
+        raise S2LError(f"budget {budget} asks for more examples than the {n} there are")
 
 
 def check_seed(seed: int) -> int:
@@ -238,6 +259,13 @@ def check_seed(seed: int) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise S2LError(f"seed must be a non-negative int, got {seed!r}")
     return int(seed)
+
+
+def _smallest_first(sizes: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+    """Group indices by ascending size; ties in a random order from ``rng`` (else by index)."""
+    if rng is None:
+        return np.argsort(sizes, kind="stable")
+    return np.lexsort((rng.permutation(len(sizes)), sizes))
 
 
 def _rows_by_label(labels: np.ndarray, sizes: np.ndarray) -> np.ndarray:

@@ -35,24 +35,42 @@ class S2LSelector:
     """SmallToLarge selection: k-means on loss trajectories plus cluster-balanced sampling.
 
     Args:
-        n_clusters: number of k-means clusters ``K``; clamped to ``n`` on smaller pools.
+        n_clusters: number of k-means clusters ``K`` asked for.
         n_iter: k-means iterations.
         backend: ``"faiss"`` (default, fast) or ``"sklearn"``.
+        min_rows_per_cluster: the effective number of clusters is
+            ``K_eff = max(1, min(K, n // min_rows_per_cluster))``, so that clusters hold at
+            least this many rows on average. Clusters of one or two rows carry no information
+            about a learning dynamic, and k-means with ``K >= n`` makes every row its own
+            cluster, which turns the selection into a uniform draw. 1 keeps ``min(K, n)``.
+        outlier_max_size: clusters of at most this many rows are set aside and only fill the
+            budget that the other clusters cannot (the public reference code uses 2; 0 = off).
 
     Attributes (set by :meth:`select`):
         labels_: ``(n,)`` int64 cluster of each example.
         centroids_: ``(K_eff, T)`` float32 cluster centres.
         cluster_sizes_: ``(K_eff,)`` int64 examples per cluster.
         cluster_taken_: ``(K_eff,)`` int64 examples selected per cluster.
-        n_clusters_: effective number of clusters ``K_eff = min(n_clusters, n)``.
+        n_clusters_: the effective number of clusters ``K_eff``.
+        warnings_: plain-words notes on a clustering that cannot carry much information
+            (``K`` reduced, constant trajectories, empty clusters, clusters of one or two rows).
     """
 
     name = "s2l"
 
-    def __init__(self, n_clusters: int = 100, n_iter: int = 20, backend: str = "faiss") -> None:
+    def __init__(
+        self,
+        n_clusters: int = 100,
+        n_iter: int = 20,
+        backend: str = "faiss",
+        min_rows_per_cluster: int = 10,
+        outlier_max_size: int = 0,
+    ) -> None:
         self.n_clusters = n_clusters
         self.n_iter = n_iter
         self.backend = backend
+        self.min_rows_per_cluster = min_rows_per_cluster
+        self.outlier_max_size = outlier_max_size
 
     def select(self, signals: Signals, budget: int, seed: int) -> np.ndarray:
         """Cluster ``signals.losses`` and draw ``budget`` examples balanced over the clusters.
@@ -71,19 +89,25 @@ class S2LSelector:
         check_budget(budget, n)
         if n == 0:
             raise S2LError(f"cannot cluster an empty pool: there are no {self._what}")
-        k = min(int(self.n_clusters), n)
+        k = effective_clusters(int(self.n_clusters), n, int(self.min_rows_per_cluster))
         # Independent streams for the k-means training sample and for the per-cluster draws.
         training_seed, draw_seed = np.random.SeedSequence(check_seed(seed)).spawn(2)
         labels, centroids = kmeans_labels(
             features, k, self.n_iter, seed, backend=self.backend, sample_seed=training_seed
         )
-        selected = balanced_sample(labels, budget, np.random.default_rng(draw_seed))
+        selected = balanced_sample(
+            labels,
+            budget,
+            np.random.default_rng(draw_seed),
+            outlier_max_size=int(self.outlier_max_size),
+        )
 
         self.labels_ = labels
         self.centroids_ = centroids
         self.n_clusters_ = k
         self.cluster_sizes_ = np.bincount(labels, minlength=k).astype(np.int64)
         self.cluster_taken_ = np.bincount(labels[selected], minlength=k).astype(np.int64)
+        self.warnings_ = self._clustering_warnings(features, n)
         return selected
 
     #: what :meth:`_features` clusters, for messages
@@ -93,15 +117,71 @@ class S2LSelector:
         """The matrix to cluster: the loss trajectories (a subclass may cluster another)."""
         return signals.losses
 
+    def _clustering_warnings(self, features: np.ndarray, n: int) -> list[str]:
+        """Plain-words notes on a clustering that carries little information."""
+        notes = []
+        asked, k = int(self.n_clusters), self.n_clusters_
+        if k < asked:
+            notes.append(
+                f"K reduced from {asked} to {k}: {n} rows"
+                + (
+                    f", at least {self.min_rows_per_cluster} per cluster on average"
+                    if self.min_rows_per_cluster > 1
+                    else ""
+                )
+            )
+        if n > 1 and _all_rows_equal(features):
+            notes.append(
+                f"all {n} {self._what} are identical: the clustering carries no information "
+                "and the selection is a uniform random draw"
+            )
+        sizes = self.cluster_sizes_
+        empty = int((sizes == 0).sum())
+        if empty:
+            notes.append(f"{empty} of {k} clusters are empty (k-means found fewer groups)")
+        filled = sizes[sizes > 0]
+        if len(filled) > 1 and np.median(filled) <= 2:
+            notes.append(
+                f"most clusters hold one or two rows (median {np.median(filled):g} of "
+                f"{len(filled)} clusters): the selection hardly depends on the {self._what}"
+            )
+        return notes
+
     def _check_settings(self) -> None:
-        for setting in ("n_clusters", "n_iter"):
+        for setting in ("n_clusters", "n_iter", "min_rows_per_cluster"):
             value = getattr(self, setting)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise S2LError(f"{self.name} setting {setting} must be an int >= 1, got {value!r}")
+        value = self.outlier_max_size
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise S2LError(
+                f"{self.name} setting outlier_max_size must be an int >= 0, got {value!r}"
+            )
         if self.backend not in BACKENDS:
             raise S2LError(
                 f"unknown k-means backend {self.backend!r}; known: {', '.join(BACKENDS)}"
             )
+
+
+def effective_clusters(n_clusters: int, n: int, min_rows_per_cluster: int = 10) -> int:
+    """``K_eff = max(1, min(K, n // min_rows_per_cluster))``: the clusters ``n`` rows can fill.
+
+    S2L's K (100 in the paper) is sized for pools of tens of thousands of rows. On a small pool
+    or a small source, the same K leaves clusters of one or two rows, and k-means with
+    ``K >= n`` makes every row its own cluster; either way the balanced draw no longer depends
+    on the trajectories. Capping K at one cluster per ``min_rows_per_cluster`` rows keeps every
+    cluster a group.
+    """
+    return max(1, min(n_clusters, n // min_rows_per_cluster, n))
+
+
+def _all_rows_equal(x: np.ndarray) -> bool:
+    """True when every row of ``x`` equals the first (read in chunks: ``x`` may be a memmap)."""
+    first = np.asarray(x[:1])
+    return all(
+        bool((np.asarray(x[i : i + _ASSIGN_CHUNK_ROWS]) == first).all())
+        for i in range(0, x.shape[0], _ASSIGN_CHUNK_ROWS)
+    )
 
 
 def kmeans_labels(

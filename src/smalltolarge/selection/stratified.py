@@ -29,6 +29,8 @@ class Stratified:
         source_sizes_: source name -> number of selectable examples in it.
         selectors_: source name -> the fitted copy of ``selector`` that ran on that source
             (sources with a zero quota are absent).
+        warnings_: the fitted copies' ``warnings_``, each prefixed with its source name.
+        rows_: source name -> ``(n_source,)`` int64 rows of that source in ``signals``.
     """
 
     def __init__(self, selector: Selector) -> None:
@@ -54,15 +56,18 @@ class Stratified:
             raise S2LError(f"source names must all be strings: {err}") from None
         source_of_row = source_of_row.reshape(-1)
         sizes = np.bincount(source_of_row, minlength=len(names))
-        quotas = water_fill(sizes, budget)
-        seeds = np.random.SeedSequence(seed).spawn(len(names))
+        split_seed, *seeds = np.random.SeedSequence(seed).spawn(len(names) + 1)
+        # Equal-size sources take the remainder of the split in a seeded random order.
+        quotas = water_fill(sizes, budget, np.random.default_rng(split_seed))
 
         picked = [np.zeros(0, dtype=np.int64)]
         self.selectors_ = {}
+        self.rows_ = {}
         for rank, name in enumerate(names):
+            rows = np.flatnonzero(source_of_row == rank)
+            self.rows_[str(name)] = rows
             if quotas[rank] == 0:
                 continue
-            rows = np.flatnonzero(source_of_row == rank)
             inner = copy.deepcopy(self.selector)
             local = inner.select(
                 signals.subset(rows), int(quotas[rank]), int(seeds[rank].generate_state(1)[0])
@@ -70,6 +75,11 @@ class Stratified:
             picked.append(rows[local])
             self.selectors_[str(name)] = inner
 
+        self.warnings_ = [
+            f"source {name}: {note}"
+            for name, fitted in self.selectors_.items()
+            for note in getattr(fitted, "warnings_", [])
+        ]
         self.source_sizes_ = {str(name): int(size) for name, size in zip(names, sizes, strict=True)}
         self.quotas_ = {str(name): int(quota) for name, quota in zip(names, quotas, strict=True)}
         return np.sort(np.concatenate(picked)).astype(np.int64, copy=False)
