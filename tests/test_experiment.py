@@ -3,7 +3,7 @@
 The pool is the first bundled demo examples, the eval set two items per source of the bundled
 eval set, the proxy the ``tiny`` preset and the target a 2-layer Llama (hidden 64) with a BPE
 tokenizer trained on the pool, so that the whole chain (proxy, selection, fine-tuning,
-generation, scoring, table, plot) really runs, in seconds.
+generation, held-out loss, scoring, comparisons, table, plot) really runs, in seconds.
 """
 
 from __future__ import annotations
@@ -16,6 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from smalltolarge.compare import (
+    COMPARISON_COLUMNS,
+    comparisons,
+    detectable_differences,
+    learning_curve,
+    read_item_values,
+)
 from smalltolarge.demo_data import DEMO_EVAL, DEMO_POOL
 from smalltolarge.errors import S2LError
 from smalltolarge.experiment import (
@@ -77,9 +84,14 @@ def config(pool_file, target) -> dict:
         "methods": [
             {"method": "s2l", "budgets": [0.5], "seeds": [0], "settings": {"n_clusters": 4}},
             {"method": "random", "budgets": [0.5], "seeds": [0]},
+            {"method": "random", "label": "random-per-source", "stratify": True,
+             "budgets": [0.5], "seeds": [0]},
         ],
         "full_pool": True,
     }  # fmt: skip
+
+
+RUNS = ("s2l-0.5-seed0", "random-0.5-seed0", "random-per-source-0.5-seed0", "full-pool-seed0")
 
 
 @pytest.fixture(scope="module")
@@ -93,35 +105,102 @@ def _sources_of_eval() -> set[str]:
         return {json.loads(line)["source"] for line in f if line.strip()}
 
 
-def test_results_csv_has_one_row_per_run_and_source(finished):
+def test_results_csv_has_one_row_per_run_metric_and_source(finished):
     sources = _sources_of_eval()
     with open(finished.results_csv, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
         assert tuple(reader.fieldnames) == RESULT_COLUMNS
         rows = list(reader)
     assert rows == finished.rows
-    assert len(rows) == 3 * (1 + len(sources))
+    # exact match: all + each source; loss: all + macro + each source with a scorable item
+    # (the tiny tokenizer makes some sources' prompts longer than max_length)
+    loss_sources = {
+        run: {
+            json.loads(line)["source"]
+            for line in (finished.out_dir / "eval" / run / "losses.jsonl").read_text().splitlines()
+        }
+        for run in RUNS
+    }
+    assert len(rows) == sum((1 + len(sources)) + (2 + len(loss_sources[run])) for run in RUNS)
     runs = {(r["method"], r["budget"], r["seed"]) for r in rows}
-    assert runs == {("s2l", "0.5", "0"), ("random", "0.5", "0"), ("full-pool", "1.0", "0")}
+    assert runs == {
+        ("s2l", "0.5", "0"),
+        ("random", "0.5", "0"),
+        ("random-per-source", "0.5", "0"),
+        ("full-pool", "1.0", "0"),
+    }
     for r in rows:
-        assert 0.0 <= float(r["ci_low"]) <= float(r["value"]) <= float(r["ci_high"]) <= 1.0
-        assert r["metric"] == "exact_match"
-    overall = {r["method"]: r for r in rows if r["source"] == "all"}
+        high = 1.0 if r["metric"] == "exact_match" else 20.0
+        assert 0.0 <= float(r["ci_low"]) <= float(r["value"]) <= float(r["ci_high"]) <= high
+        assert r["metric"] in ("exact_match", "loss")
+    overall = {r["method"]: r for r in rows if r["source"] == "all" and r["metric"] != "loss"}
     # n_train counts what was trained on: examples whose prompt fills max_length are excluded
     for method, most in (("s2l", N_POOL // 2), ("random", N_POOL // 2), ("full-pool", N_POOL)):
         assert most // 2 < int(overall[method]["n_train"]) <= most
     assert overall["s2l"]["n_eval"] == str(EVAL_PER_SOURCE * len(sources))
-    assert {r["source"] for r in rows} == sources | {"all"}
+    assert {r["source"] for r in rows if r["metric"] == "exact_match"} == sources | {"all"}
+    loss = {r["source"]: r for r in rows if r["metric"] == "loss" and r["method"] == "s2l"}
+    assert set(loss) == loss_sources["s2l-0.5-seed0"] | {"all", "macro"}
+    per_source = [float(loss[s]["value"]) for s in loss_sources["s2l-0.5-seed0"]]
+    assert float(loss["macro"]["value"]) == pytest.approx(sum(per_source) / len(per_source), 1e-4)
+
+
+def test_per_item_results_are_kept_for_paired_statistics(finished):
+    n_eval = EVAL_PER_SOURCE * len(_sources_of_eval())
+    for run in RUNS:
+        directory = finished.out_dir / "eval" / run
+        correct = read_item_values(directory, "exact_match")
+        losses = read_item_values(directory, "loss")
+        assert correct is not None and losses is not None
+        assert len(correct) == n_eval and set(correct.values()) <= {0.0, 1.0}
+        assert set(losses) <= set(correct) and all(v > 0 for v in losses.values())
+
+
+def test_labels_and_per_entry_stratification(finished):
+    selections = finished.out_dir / "run" / "selections"
+    per_source = json.loads(
+        (selections / "random-per-source-0.5-seed0" / "summary.json").read_text()
+    )
+    plain = json.loads((selections / "random-0.5-seed0" / "summary.json").read_text())
+    assert "source" in json.dumps(per_source) and per_source != plain
+    saved = json.loads((finished.out_dir / "experiment.json").read_text())
+    assert saved["methods"]["random-per-source"] == {
+        "method": "random", "settings": {}, "stratify_by": "source"
+    }  # fmt: skip
+    assert saved["methods"]["random"]["stratify_by"] is None
+
+
+def test_comparisons_csv_and_report(finished):
+    with open(finished.comparisons_csv, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == COMPARISON_COLUMNS
+        rows = list(reader)
+    assert rows == comparisons(finished.out_dir)
+    pairs = {(r["method"], r["metric"], r["baseline"]) for r in rows}
+    for metric in ("exact_match", "loss"):
+        assert ("s2l", metric, "random") in pairs and ("s2l", metric, "full-pool") in pairs
+        assert ("random-per-source", metric, "random") in pairs
+        assert ("random", metric, "full-pool") in pairs
+    for r in rows:
+        assert float(r["ci_low"]) <= float(r["difference"]) <= float(r["ci_high"])
+        assert r["verdict"] in ("ahead", "behind", "level")
+    table = finished.table_md.read_text(encoding="utf-8")
+    assert "## Paired differences" in table and "## Detectable difference" in table
+    assert "Not computable" in table  # one seed of random: no detectable difference
 
 
 def test_outputs_table_plot_and_no_weights_left(finished):
     table = finished.table_md.read_text(encoding="utf-8")
-    lines = [line for line in table.splitlines() if line.startswith("| ")]
-    assert [line.split("|")[1].strip() for line in lines[1:]] == ["s2l", "random", "full-pool"]
+    first_table = table.split("\n\n\n")[0].split("loss (nats")[0]
+    lines = [line for line in first_table.splitlines() if line.startswith("| ")]
+    assert [line.split("|")[1].strip() for line in lines[1:]] == [
+        "s2l", "random", "random-per-source", "full-pool"
+    ]  # fmt: skip
+    assert "loss (nats per response token, lower is better)" in table
     assert finished.plot_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert table == write_table(finished.results_csv)  # a dict config: no command line
     models = finished.out_dir / "models"
-    for run in ("s2l-0.5-seed0", "random-0.5-seed0", "full-pool-seed0"):
+    for run in RUNS:
         assert (models / run / "finetune.json").is_file()
         assert not (models / run / "model").exists()
         assert (finished.out_dir / "eval" / run / "scores.json").is_file()
@@ -132,7 +211,7 @@ def test_rerun_skips_every_run(finished, config, capsys):
     before = finished.results_csv.read_bytes()
     again = run_experiment(config, out_dir=finished.out_dir, progress=True)
     out = capsys.readouterr().out
-    assert out.count("skipped") >= 3
+    assert out.count("skipped") >= len(RUNS)
     assert "finetune:" not in out
     assert again.results_csv.read_bytes() == before
 
@@ -176,6 +255,18 @@ def test_overlapping_eval_is_refused_before_training(tmp_path, config, pool_file
         ({"methods": [{"method": "random", "budgets": [0.1], "seed": [0]}]}, r"methods\[0\]"),
         ({"methods": [{"method": "random", "budgets": [0.1], "settings": {"k": 2}}]}, "take"),
         ({"evaluation": {"metric": "bleu"}}, "evaluation.metric"),
+        ({"methods": [{"method": "s2l", "budgets": [0.1], "label": "a b"}]}, "label"),
+        ({"methods": [{"method": "s2l", "budgets": [0.1], "label": "random"}]}, "baseline"),
+        ({"methods": [{"method": "s2l", "budgets": [0.1], "stratify": "yes"}]}, "stratify"),
+        (
+            {
+                "methods": [
+                    {"method": "random", "budgets": [0.1]},
+                    {"method": "random", "budgets": [0.2], "stratify": True},
+                ]
+            },
+            "labelled 'random' but select differently",
+        ),
     ],
 )
 def test_invalid_configs_are_refused(config, change, message):
@@ -215,3 +306,51 @@ def test_pool_limit_copies_the_first_lines_byte_for_byte(tmp_path, config):
         run_experiment(bad, out_dir=tmp_path, progress=False)
     with open(DEMO_POOL, "rb") as f:
         assert (tmp_path / "pool.jsonl").read_bytes() == b"".join(next(f) for _ in range(30))
+
+
+def test_calibration_runs_random_at_both_ends_and_the_full_pool(config, tmp_path, capsys):
+    """Loss only (no generation): random at the smallest and largest budget, seed 1 added to the
+    config's one seed, the full pool; the learning curve and the detectable differences."""
+    cfg = {
+        **config,
+        "evaluation": {**config["evaluation"], "metric": "loss"},
+        "methods": [
+            {"method": "s2l", "budgets": [0.5], "seeds": [0], "settings": {"n_clusters": 4}},
+            {"method": "random", "budgets": [0.25, 0.5], "seeds": [0]},
+        ],
+        "full_pool": False,
+    }
+    result = run_experiment(cfg, out_dir=tmp_path, calibrate=True, progress=True)
+    out = capsys.readouterr().out
+    assert "seed(s) 1 are added" in out
+    assert "seed(s) 1 are added" in result.calibration_md.read_text(encoding="utf-8")
+    runs = {(r["method"], r["budget"], r["seed"]) for r in result.rows}
+    assert runs == {
+        ("random", "0.25", "0"),
+        ("random", "0.25", "1"),
+        ("random", "0.5", "0"),
+        ("random", "0.5", "1"),
+        ("full-pool", "1.0", "0"),
+    }
+    assert {r["metric"] for r in result.rows} == {"loss"}
+    assert not (tmp_path / "eval" / "random-0.25-seed0" / "predictions.jsonl").exists()
+    assert result.calibration_png.read_bytes()[:4] == b"\x89PNG"
+
+    [curve] = learning_curve(tmp_path).values()
+    assert [p[0] for p in curve] == ["0.25", "0.5", "all"]
+    detectable = detectable_differences(tmp_path)
+    assert [(d["budget"], d["metric"], d["n_seeds"]) for d in detectable] == [
+        ("0.25", "loss", "2"),
+        ("0.5", "loss", "2"),
+    ]
+    widths = [float(d["detectable"]) for d in detectable]
+    assert all(w > 0 for w in widths)
+    calibration = result.calibration_md.read_text(encoding="utf-8")
+    report = result.table_md.read_text(encoding="utf-8")
+    for d in detectable:
+        row = f"| {d['budget']} | {d['n_train']} | loss | ±{float(d['detectable']):.4f} |"
+        assert row in calibration and row in report
+    gain = curve[0][2] - curve[-1][2]  # loss falls as the training set grows
+    warned = "cannot separate selection methods" in report
+    assert warned == (gain < 2 * max(widths))
+    assert warned == ("cannot separate selection methods" in calibration)

@@ -14,7 +14,8 @@ Two metrics:
 - ``rouge_l`` (free text): ROUGE-L F1 between prediction and response (``rouge-score``).
 
 ``metric="auto"`` picks ``exact_match`` when at least half of the references look like short
-answers (see :func:`choose_metric`), else ``rouge_l``.
+answers (see :func:`choose_metric`), else ``rouge_l``. ``metric="loss"`` generates nothing: it
+is the held-out response loss of :mod:`smalltolarge.heldout` (one forward pass).
 
 Every score comes with a 95% confidence interval, overall and per source: the Wilson score
 interval for exact-match proportions, a percentile bootstrap (1000 resamples, seed 0) for the
@@ -61,7 +62,7 @@ from smalltolarge.models import (
 )
 from smalltolarge.runs import atomic_write_json, atomic_write_text
 
-METRICS = ("auto", "exact_match", "rouge_l")
+METRICS = ("auto", "exact_match", "rouge_l", "loss")
 
 #: z for a two-sided 95% interval.
 Z_95 = 1.959963984540054
@@ -123,6 +124,7 @@ def evaluate(
     max_examples: int | None = None,
     device: str | None = None,
     answer_column: str | None = None,
+    max_length: int | None = None,
     progress: bool = True,
     **load_kwargs: Any,
 ) -> EvalResult:
@@ -137,7 +139,9 @@ def evaluate(
             ``id_column``, ``split``, ``on_invalid``, ...) are passed to it.
         out_dir: directory for ``predictions.jsonl`` and ``scores.json`` (created if needed).
         template: the prompt template used in training, ``alpaca`` or ``chat``.
-        metric: ``exact_match``, ``rouge_l`` or ``auto`` (see :func:`choose_metric`).
+        metric: ``exact_match``, ``rouge_l``, ``auto`` (see :func:`choose_metric`) or
+            ``loss`` (:func:`~smalltolarge.heldout.heldout_loss`: no generation; returns its
+            :class:`~smalltolarge.heldout.LossResult`).
         max_new_tokens: generation budget per example, in tokens.
         batch_size: prompts per generation batch.
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``; the weights are loaded in that
@@ -147,6 +151,7 @@ def evaluate(
         answer_column: the column holding the reference final answer for exact match; by
             default ``answer`` when the eval set has such a column and it is not already the
             response column. Rows where it is empty fall back to the response.
+        max_length: ``loss`` only: tokens per example, as in fine-tuning (default 512).
         progress: show a progress bar over examples.
 
     Returns:
@@ -160,6 +165,21 @@ def evaluate(
     start = time.perf_counter()
     if metric not in METRICS:
         raise S2LError(f"unknown metric '{metric}'; choose one of {', '.join(METRICS)}")
+    if metric == "loss":
+        from smalltolarge.heldout import DEFAULT_MAX_LENGTH, heldout_loss  # heldout imports us
+
+        return heldout_loss(
+            model,
+            eval_data,
+            out_dir,
+            template=template,
+            max_length=max_length or DEFAULT_MAX_LENGTH,
+            precision=precision,
+            max_examples=max_examples,
+            device=device,
+            progress=progress,
+            **load_kwargs,
+        )
     if template not in TEMPLATES:
         raise S2LError(f"unknown template '{template}'; choose one of {', '.join(TEMPLATES)}")
     if max_examples is not None and max_examples < 1:
@@ -195,7 +215,7 @@ def evaluate(
         precision=resolved,
         device=device,
         # Same rule as training (formatting.tokenise_pool): a chat template already has BOS.
-        add_special_tokens=template == "alpaca",
+        add_special_tokens=template != "chat",
         progress=progress,
     )
     gen_seconds = time.perf_counter() - gen_start
@@ -316,7 +336,7 @@ def generate(
     )
     was_training = model.training
     model.eval()
-    bar = tqdm(total=len(prompts), desc="generating", unit="ex", disable=not progress)
+    bar = tqdm(total=len(prompts), desc="generating", unit="ex", disable=None if progress else True)
     try:
         with torch.inference_mode(), autocast:
             for start in range(0, len(order), batch_size):
@@ -385,7 +405,8 @@ def score_predictions(
             for p, r in zip(predictions, references, strict=True)
         ]
     else:
-        raise S2LError(f"unknown metric '{metric}'; choose one of {', '.join(METRICS)}")
+        generation = ", ".join(m for m in METRICS if m != "loss")
+        raise S2LError(f"unknown metric '{metric}' for predictions; choose one of {generation}")
     per_source: dict[str, dict[str, float]] = {}
     if sources is not None:
         groups: dict[str, list[float]] = {}

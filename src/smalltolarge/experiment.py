@@ -5,8 +5,20 @@ One proxy is trained and scored on the pool (once, reused by fingerprint); then,
 evaluated on a held-out set. Each finished run is appended to ``OUT/results.csv`` at once, so
 an interrupted experiment resumes where it stopped: runs already in the CSV are skipped, the
 proxy and trajectories are reused, and an interrupted fine-tuning resumes by itself.
-At the end ``OUT/results.md`` (a table) and ``OUT/results.png`` (metric vs budget) are written;
-:func:`write_table` and :func:`plot_results` re-make them from the CSV alone.
+Every run records the generation metric and the held-out loss (:mod:`smalltolarge.heldout`),
+overall and per source, with per-item results under ``eval/<run>/``, so that paired
+statistics (:mod:`smalltolarge.compare`) can be computed later from the files alone. At the end
+``OUT/results.md`` (tables, paired differences to random and to the full pool, the detectable
+difference at each budget, and a warning when the setup cannot separate methods),
+``OUT/comparisons.csv`` and ``OUT/results.png`` (metric vs budget, and differences to random)
+are written; :func:`write_table`, :func:`~smalltolarge.compare.write_comparisons` and
+:func:`plot_results` re-make them from the results directory alone.
+
+``calibrate=True`` (``s2l experiment CONFIG --calibrate``) runs only random at the smallest and
+the largest budget of the config (with all of random's seeds, at least 2) and the full pool,
+and writes ``OUT/calibration.md`` and ``OUT/calibration.png``: random's learning curve and the
+smallest difference the setup can detect at each budget. Its runs are ordinary runs of the
+experiment, so the full experiment later reuses them.
 
 Config keys (YAML file or dict; an unknown key at any level is an error)::
 
@@ -38,25 +50,39 @@ Config keys (YAML file or dict; an unknown key at any level is an error)::
       precision: auto
       template: alpaca
     evaluation:
-      metric: exact_match            # exact_match, rouge_l or auto
+      metric: exact_match            # exact_match, rouge_l or auto: generate and score, plus
+                                     # the held-out loss; loss: the held-out loss alone (no
+                                     # generation: fast)
       max_new_tokens: 96
       batch_size: 16
       precision: auto
       template: null                 # null: target.template
     methods:                         # selection runs: every budget x every seed of a method
       - {method: s2l, budgets: [0.1, 0.3], seeds: [0, 1], settings: {n_clusters: 100}}
+      - {method: s2l, label: s2l-per-source, stratify: true, budgets: [0.1], seeds: [0, 1]}
       - {method: random, budgets: [0.1, 0.3], seeds: [0, 1]}
+                                     # label: the name in results and of the run directories
+                                     #   (default: the method); entries sharing a label must
+                                     #   agree on method, settings and stratify. "random" is
+                                     #   the baseline of the paired comparisons.
+                                     # stratify: true selects per source (column stratify_by,
+                                     #   else "source"), false globally; absent: stratify_by
     full_pool: true                  # also fine-tune once on the whole pool (first seed)
     evaluate_base: false             # also evaluate the untrained target once
-    stratify_by: null                # select per source ("source"), as the reference code
+    stratify_by: null                # default for entries without stratify: select per source
+                                     # ("source"), as the reference code
     keep_models: false               # keep fine-tuned weights (else deleted once evaluated)
 
 Relative ``pool`` and ``eval`` paths resolve against the config file's directory (the cwd for a
 dict). Budgets are fractions of the pool (``0.1``, ``"10%"``) or counts (``300``); seeds seed
 both the selection and the fine-tuning. Layout of ``OUT``: ``run/`` (the S2L run: pool, proxy,
 trajectories, ``selections/<run>``), ``models/<run>/`` (``finetune.json``; ``model/`` only with
-``keep_models``), ``eval/<run>/`` (predictions and scores), ``experiment.json`` (what the
-results were made with), ``results.csv``, ``results.md``, ``results.png``.
+``keep_models``), ``eval/<run>/`` (``predictions.jsonl``: correctness per item,
+``scores.json``; ``losses.jsonl``: loss per item, ``loss.json``), ``experiment.json`` (what the
+results were made with), ``results.csv`` (metric ``loss`` rows, with source ``macro`` for the
+mean over sources, next to the generation metric's), ``results.md``, ``results.png``,
+``comparisons.csv``, and with ``--calibrate`` ``calibration.md`` and ``calibration.png``.
+``<run>`` is ``<label>-<budget>-seed<seed>``, ``full-pool-seed<seed>`` or ``base``.
 """
 
 from __future__ import annotations
@@ -65,6 +91,7 @@ import csv
 import io
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -74,6 +101,18 @@ from typing import Any
 import numpy as np
 import yaml
 
+from smalltolarge.compare import (
+    BASE,
+    FULL_POOL,
+    LOWER_IS_BETTER,
+    RANDOM,
+    calibration_markdown,
+    comparisons,
+    comparisons_markdown,
+    learning_curve,
+    run_name,
+    write_comparisons,
+)
 from smalltolarge.data import Pool, _iter_jsonl_lines, load_pool
 from smalltolarge.demo_data import DEMO_EVAL, DEMO_POOL
 from smalltolarge.errors import S2LError
@@ -93,6 +132,7 @@ __all__ = [
     "ExperimentResult",
     "MethodSpec",
     "load_config",
+    "plot_calibration",
     "plot_results",
     "run_experiment",
     "write_table",
@@ -113,9 +153,10 @@ RESULT_COLUMNS = (
     "eval_seconds",
     "wall_seconds",
 )
-#: ``method`` of the fine-tuning on the whole pool and of the untrained target in results.csv.
-FULL_POOL = "full-pool"
-BASE = "base"
+#: ``method`` of results.csv is an entry's label; FULL_POOL and BASE (from compare) name the
+#: fine-tuning on the whole pool and the untrained target. The metric of the held-out loss:
+LOSS = "loss"
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 BUNDLED = {"bundled:demo_pool": DEMO_POOL, "bundled:demo_eval": DEMO_EVAL}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -162,17 +203,25 @@ _SECTIONS: dict[str, dict[str, Any]] = {
         "template": None,
     },
 }
-_METHOD_KEYS = ("method", "budgets", "seeds", "settings")
+_METHOD_KEYS = ("method", "budgets", "seeds", "settings", "label", "stratify")
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One ``methods`` entry: a selection method, its budgets, seeds and constructor settings."""
+    """One ``methods`` entry: a selection method, its budgets, seeds and constructor settings;
+    ``label`` names it in results (default: the method), ``stratify`` (None: the config's
+    ``stratify_by``) selects per source or globally."""
 
     method: str
     budgets: tuple[float | int | str, ...]
     seeds: tuple[int, ...]
     settings: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+    stratify: bool | None = None
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.method)
 
 
 @dataclass(frozen=True)
@@ -199,26 +248,32 @@ class ExperimentConfig:
 
 @dataclass
 class ExperimentResult:
-    """Where an experiment wrote its outputs, and every row of ``results.csv``."""
+    """Where an experiment wrote its outputs, and every row of ``results.csv``
+    (``calibration_md``/``calibration_png`` only for a calibration)."""
 
     out_dir: Path
     results_csv: Path
     table_md: Path
     plot_png: Path
     rows: list[dict[str, str]]
+    comparisons_csv: Path | None = None
+    calibration_md: Path | None = None
+    calibration_png: Path | None = None
 
 
 def run_experiment(
     config: str | os.PathLike | dict,
     *,
     out_dir: str | os.PathLike | None = None,
+    calibrate: bool = False,
     progress: bool = True,
 ) -> ExperimentResult:
     """Run (or resume) the experiment described by ``config``; see the module docstring.
 
     The whole config, the budgets (against the pool size) and the absence of overlap between
     the eval set and the pool are checked before anything is trained. ``out_dir`` overrides
-    the config's.
+    the config's. ``calibrate`` runs only random at the smallest and largest budget and the
+    full pool, and writes ``calibration.md`` and ``calibration.png`` besides the usual outputs.
 
     Raises:
         S2LError: an invalid config, an eval set sharing prompts with the pool, results in
@@ -236,7 +291,9 @@ def run_experiment(
     csv_path = cfg.out_dir / "results.csv"
     _check_same_settings(cfg, pool, eval_pool, csv_path)
 
-    runs = _planned_runs(cfg)
+    runs, notes = _calibration_runs(cfg, len(pool)) if calibrate else (_planned_runs(cfg), [])
+    for note in notes:
+        say(f"calibrate: {note}")
     rows = _read_rows(csv_path)
     done = {(r["method"], r["budget"], r["seed"]) for r in rows if r["source"] == "all"}
     run_dir = RunDir(cfg.out_dir / "run")
@@ -254,25 +311,39 @@ def run_experiment(
         new_rows = _do_run(cfg, run, run_dir, pool_path, eval_path, progress)
         rows += new_rows
         _write_rows(csv_path, rows)
-        overall = new_rows[0]
-        say(
-            f"{label}: {overall['metric']} {float(overall['value']):.3f} "
-            f"[{float(overall['ci_low']):.3f}, {float(overall['ci_high']):.3f}] on "
-            f"{overall['n_eval']} items, n_train {overall['n_train']} "
-            f"(train {float(overall['train_seconds']):.0f} s, "
-            f"eval {float(overall['eval_seconds']):.0f} s)"
-        )
+        for overall in (r for r in new_rows if r["source"] == "all"):
+            say(
+                f"{label}: {overall['metric']} {float(overall['value']):.4g} "
+                f"[{float(overall['ci_low']):.4g}, {float(overall['ci_high']):.4g}] on "
+                f"{overall['n_eval']} items, n_train {overall['n_train']} "
+                f"(train {float(overall['train_seconds']):.0f} s, "
+                f"eval {float(overall['eval_seconds']):.0f} s)"
+            )
 
     table_path, png_path = cfg.out_dir / "results.md", cfg.out_dir / "results.png"
     table = write_table(csv_path, command=cfg.command)
     atomic_write_text(table_path, table)
+    comparisons_path = write_comparisons(cfg.out_dir)
     plot_results(csv_path, png_path)
+    result = ExperimentResult(cfg.out_dir, csv_path, table_path, png_path, rows, comparisons_path)
     say(table)
+    if calibrate:
+        result.calibration_md = cfg.out_dir / "calibration.md"
+        calibration = calibration_markdown(cfg.out_dir)
+        if notes:
+            calibration += "\n" + "\n".join(f"Note: {note}" for note in notes) + "\n"
+        if cfg.command:
+            calibration += f"\nProduced by `{cfg.command} --calibrate`.\n"
+        atomic_write_text(result.calibration_md, calibration)
+        result.calibration_png = plot_calibration(csv_path, cfg.out_dir / "calibration.png")
+        say(calibration)
     say(
         f"experiment {cfg.name}: {len(runs)} runs ({n_skipped} skipped) in "
-        f"{time.perf_counter() - started:.0f} s; results in {csv_path}, {table_path}, {png_path}"
+        f"{time.perf_counter() - started:.0f} s; results in {csv_path}, {table_path}, "
+        f"{comparisons_path}, {png_path}"
+        + (f", {result.calibration_md}, {result.calibration_png}" if calibrate else "")
     )
-    return ExperimentResult(cfg.out_dir, csv_path, table_path, png_path, rows)
+    return result
 
 
 def load_config(
@@ -315,6 +386,7 @@ def load_config(
     )
     if not methods and not values["full_pool"]:
         raise S2LError("the config has no methods and full_pool is false: nothing to run")
+    _check_labels(methods)
     for key in ("pool_limit", "eval_per_source"):
         if values[key] is not None:
             _check_positive_int(values[key], key)
@@ -420,7 +492,34 @@ def _method_spec(entry: Any, k: int) -> MethodSpec:
     if not isinstance(settings, dict):
         raise S2LError(f"{where}.settings must be a mapping, not {settings!r}")
     make_selector(method, **settings)  # refuses settings the method does not take, now
-    return MethodSpec(method, budgets, seeds, dict(settings))
+    label = entry.get("label", method)
+    if not isinstance(label, str) or not _LABEL.fullmatch(label) or label in (FULL_POOL, BASE):
+        raise S2LError(
+            f"{where}.label {label!r} must be a name of letters, digits and . _ + - "
+            f"(it names run directories), other than {FULL_POOL} and {BASE}"
+        )
+    if label == RANDOM and method != RANDOM:
+        raise S2LError(f"{where}: the label {RANDOM!r} is the baseline's; use another label")
+    stratify = entry.get("stratify")
+    if stratify is not None and not isinstance(stratify, bool):
+        raise S2LError(f"{where}.stratify must be true or false, not {stratify!r}")
+    return MethodSpec(method, budgets, seeds, dict(settings), label, stratify)
+
+
+def _check_labels(methods: tuple[MethodSpec, ...]) -> None:
+    """Entries may share a label (budgets split over entries) only with the same selection."""
+    first: dict[str, MethodSpec] = {}
+    for spec in methods:
+        other = first.setdefault(spec.label, spec)
+        if (other.method, other.settings, other.stratify) != (
+            spec.method,
+            spec.settings,
+            spec.stratify,
+        ):
+            raise S2LError(
+                f"two methods entries are labelled {spec.label!r} but select differently "
+                "(method, settings or stratify); give them different labels"
+            )
 
 
 def _as_list(value: Any, where: str) -> list:
@@ -535,32 +634,46 @@ def _check_same_settings(cfg: ExperimentConfig, pool: Pool, eval_pool: Pool, csv
         pool.fingerprint, eval_pool.fingerprint, cfg.proxy, cfg.target, cfg.evaluation,
         cfg.stratify_by,
     )  # fmt: skip
-    settings = {spec.method: spec.settings for spec in cfg.methods}
+    # By label: the same label must keep meaning the same selection across resumes.
+    entries = {
+        spec.label: {
+            "method": spec.method,
+            "settings": spec.settings,
+            "stratify_by": _stratify_by(cfg, spec),
+        }
+        for spec in cfg.methods
+    }
     if csv.is_file() and meta_path.is_file():
         saved = read_json(meta_path)
-        changed = [
-            m for m, s in saved.get("method_settings", {}).items() if settings.get(m, s) != s
-        ]
+        changed = [m for m, e in saved.get("methods", {}).items() if entries.get(m, e) != e]
         if saved.get("fingerprint") != shared or changed:
             what = f"the settings of {', '.join(changed)}" if changed else "the data or settings"
             raise S2LError(
                 f"{csv} holds results made with other {what.removeprefix('the ')}; "
                 "use another out_dir, or delete results.csv to start over"
             )
-        settings = {**saved.get("method_settings", {}), **settings}
-    atomic_write_json(meta_path, {"name": cfg.name, "fingerprint": shared,
-                                  "method_settings": settings})  # fmt: skip
+        entries = {**saved.get("methods", {}), **entries}
+    atomic_write_json(meta_path, {"name": cfg.name, "fingerprint": shared, "methods": entries})
+
+
+def _stratify_by(cfg: ExperimentConfig, spec: MethodSpec) -> str | None:
+    if spec.stratify is None:
+        return cfg.stratify_by
+    return (cfg.stratify_by or "source") if spec.stratify else None
 
 
 @dataclass(frozen=True)
 class _Run:
-    """One fine-tune + evaluate of the plan; ``method`` is a selector, FULL_POOL or BASE."""
+    """One fine-tune + evaluate of the plan; ``method`` is an entry's label, FULL_POOL or BASE,
+    ``selector`` the selection method behind a label."""
 
     method: str
     budget: str
     seed: int | None
     budget_value: float | int | str = ""
     settings: dict[str, Any] = field(default_factory=dict)
+    selector: str = ""
+    stratify_by: str | None = None
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -568,11 +681,7 @@ class _Run:
 
     @property
     def name(self) -> str:
-        if self.method == BASE:
-            return BASE
-        if self.method == FULL_POOL:
-            return f"{FULL_POOL}-seed{self.seed}"
-        return f"{self.method}-{self.budget}-seed{self.seed}"
+        return run_name(self.method, self.budget, self.seed)
 
     @property
     def label(self) -> str:
@@ -588,7 +697,7 @@ def _planned_runs(cfg: ExperimentConfig) -> list[_Run]:
     for spec in cfg.methods:
         for budget in spec.budgets:
             for seed in spec.seeds:
-                runs.append(_Run(spec.method, str(budget), seed, budget, spec.settings))
+                runs.append(_method_run(cfg, spec, budget, seed))
     if cfg.full_pool:
         first_seed = cfg.methods[0].seeds[0] if cfg.methods else 0
         runs.append(_Run(FULL_POOL, "1.0", first_seed))
@@ -598,6 +707,46 @@ def _planned_runs(cfg: ExperimentConfig) -> list[_Run]:
             raise S2LError(f"the run {run.label} is listed twice in methods")
         seen.add(run.key)
     return runs
+
+
+def _method_run(cfg: ExperimentConfig, spec: MethodSpec, budget: Any, seed: int) -> _Run:
+    return _Run(
+        spec.label, str(budget), seed, budget, spec.settings, spec.method, _stratify_by(cfg, spec)
+    )
+
+
+def _calibration_runs(cfg: ExperimentConfig, n_pool: int) -> tuple[list[_Run], list[str]]:
+    """Random at the smallest and the largest budget of the config, with random's seeds (at
+    least 2), and the full pool (with the first seed, as the full experiment would); and notes
+    for the user on what was changed or is missing."""
+    budgets = [b for spec in cfg.methods for b in spec.budgets]
+    if not budgets:
+        raise S2LError("--calibrate needs at least one budget in methods")
+    counts = [resolve_budget(b, n_pool) for b in budgets]
+    smallest, largest = budgets[counts.index(min(counts))], budgets[counts.index(max(counts))]
+    randoms = [spec for spec in cfg.methods if spec.label == RANDOM]
+    spec = randoms[0] if randoms else MethodSpec(RANDOM, (), ())
+    seeds = sorted({s for r in randoms for s in r.seeds}) or sorted(
+        {s for other in cfg.methods for s in other.seeds}
+    )
+    notes = []
+    if len(seeds) < 2:
+        start = max(seeds, default=-1) + 1
+        added = list(range(start, start + 2 - len(seeds)))
+        notes.append(
+            f"The config gives random {len(seeds)} seed(s); the detectable difference needs two, "
+            f"so seed(s) {', '.join(map(str, added))} are added."
+        )
+        seeds += added
+    if str(smallest) == str(largest):
+        notes.append(f"The config has one budget ({smallest}): the curve has one random point.")
+    first_seed = cfg.methods[0].seeds[0] if cfg.methods else seeds[0]
+    runs = [
+        _method_run(cfg, spec, budget, seed)
+        for budget in dict.fromkeys([smallest, largest])
+        for seed in seeds
+    ]
+    return runs + [_Run(FULL_POOL, "1.0", first_seed)], notes
 
 
 def _train_proxy(cfg: ExperimentConfig, pool_path: Path, run_dir: RunDir, progress: bool) -> None:
@@ -634,7 +783,7 @@ def _do_run(
 ) -> list[dict[str, str]]:
     """Select, fine-tune and evaluate one run; return its results.csv rows ("all" first)."""
     started = time.perf_counter()
-    target, evaluation = cfg.target, cfg.evaluation
+    target = cfg.target
     model_out = cfg.out_dir / "models" / run.name
     if run.method == BASE:
         model_dir, n_train, train_seconds = Path(target["model"]), 0, 0.0
@@ -647,11 +796,11 @@ def _do_run(
             n_clusters = settings.pop("n_clusters", None)
             train_data = select_subset(
                 run_dir,
-                method=run.method,
+                method=run.selector,
                 budget=run.budget_value,
                 seed=run.seed,
                 n_clusters=n_clusters,
-                stratify_by=cfg.stratify_by,
+                stratify_by=run.stratify_by,
                 settings=settings,
                 name=run.name,
             ).directory
@@ -674,19 +823,7 @@ def _do_run(
         train_seconds = time.perf_counter() - train_started
         model_dir, n_train = tuned.model_dir, tuned.n_train
 
-    eval_started = time.perf_counter()
-    result = evaluate(
-        model_dir,
-        eval_path,
-        cfg.out_dir / "eval" / run.name,
-        template=evaluation["template"],
-        metric=evaluation["metric"],
-        max_new_tokens=evaluation["max_new_tokens"],
-        batch_size=evaluation["batch_size"],
-        precision=evaluation["precision"],
-        progress=progress,
-    )
-    eval_seconds = time.perf_counter() - eval_started
+    results = _evaluate_run(cfg, model_dir, eval_path, cfg.out_dir / "eval" / run.name, progress)
     if run.method != BASE and not cfg.keep_models:
         # finetune.json and the eval outputs stay; the weights (0.5 GB for 135M) go
         shutil.rmtree(model_dir, ignore_errors=True)
@@ -696,23 +833,54 @@ def _do_run(
         "budget": run.budget,
         "seed": run.key[2],
         "n_train": str(n_train),
-        "metric": result.metric,
         "train_seconds": f"{train_seconds:.1f}",
-        "eval_seconds": f"{eval_seconds:.1f}",
         "wall_seconds": f"{time.perf_counter() - started:.1f}",
     }
-    scores = {"all": result.overall, **result.per_source}
-    return [
-        {
-            **common,
-            "value": f"{s['mean']:.6g}",
-            "ci_low": f"{s['ci_low']:.6g}",
-            "ci_high": f"{s['ci_high']:.6g}",
-            "n_eval": str(int(s["n"])),
-            "source": source,
-        }
-        for source, s in scores.items()
-    ]
+    rows = []
+    for result, eval_seconds in results:
+        macro = getattr(result, "macro", None)
+        scores = {"all": result.overall, **({"macro": macro} if macro else {}), **result.per_source}
+        rows += [
+            {
+                **common,
+                "metric": result.metric,
+                "value": f"{s['mean']:.6g}",
+                "ci_low": f"{s['ci_low']:.6g}",
+                "ci_high": f"{s['ci_high']:.6g}",
+                # the macro mean is over sources, but of the same items
+                "n_eval": str(int(result.overall["n"] if source == "macro" else s["n"])),
+                "source": source,
+                "eval_seconds": f"{eval_seconds:.1f}",
+            }
+            for source, s in scores.items()
+        ]
+    return rows
+
+
+def _evaluate_run(
+    cfg: ExperimentConfig, model_dir: Path, eval_path: Path, out: Path, progress: bool
+) -> list[tuple[Any, float]]:
+    """The generation metric (unless ``evaluation.metric`` is ``loss``) and the held-out loss
+    of one model, each with its seconds; per-item results go to ``out``."""
+    evaluation, results = cfg.evaluation, []
+    metrics = [LOSS] if evaluation["metric"] == LOSS else [evaluation["metric"], LOSS]
+    for metric in metrics:
+        eval_started = time.perf_counter()
+        result = evaluate(
+            model_dir,
+            eval_path,
+            out,
+            template=evaluation["template"],
+            metric=metric,
+            max_new_tokens=evaluation["max_new_tokens"],
+            batch_size=evaluation["batch_size"],
+            precision=evaluation["precision"],
+            # the loss is taken as fine-tuning sees the data
+            max_length=cfg.target["max_length"],
+            progress=progress,
+        )
+        results.append((result, time.perf_counter() - eval_started))
+    return results
 
 
 def _read_rows(csv_path: Path) -> list[dict[str, str]]:
@@ -740,7 +908,7 @@ def _write_rows(csv_path: Path, rows: list[dict[str, str]]) -> None:
 
 @dataclass
 class _Summary:
-    """The overall results of one (method, budget) over its seeds."""
+    """The overall results of one (method, budget, metric) over its seeds."""
 
     method: str
     budget: str
@@ -762,20 +930,26 @@ class _Summary:
 
 
 def _summaries(csv_path: str | os.PathLike) -> list[_Summary]:
-    """Overall rows grouped by (method, budget), in the order the CSV first lists them."""
-    groups: dict[tuple[str, str], _Summary] = {}
+    """Overall rows grouped by (method, budget, metric), in the order the CSV first lists them."""
+    groups: dict[tuple[str, str, str], _Summary] = {}
     for row in _read_rows(Path(csv_path)):
         if row["source"] != "all":
             continue
-        key = (row["method"], row["budget"])
+        key = (row["method"], row["budget"], row["metric"])
         if key not in groups:
-            groups[key] = _Summary(*key, [], [], [], [], int(row["n_eval"]), row["metric"])
+            groups[key] = _Summary(key[0], key[1], [], [], [], [], int(row["n_eval"]), key[2])
         group = groups[key]
         group.values.append(float(row["value"]))
         group.ci_lows.append(float(row["ci_low"]))
         group.ci_highs.append(float(row["ci_high"]))
         group.n_train.append(int(row["n_train"]))
     return list(groups.values())
+
+
+def _metrics(summaries: list[_Summary]) -> list[str]:
+    """The metrics of the results, the generation metric first, the loss last."""
+    found = list(dict.fromkeys(s.metric for s in summaries))
+    return sorted(found, key=lambda m: m == LOSS)
 
 
 def _budget_number(budget: str) -> float:
@@ -785,25 +959,41 @@ def _budget_number(budget: str) -> float:
 
 
 def write_table(results_csv: str | os.PathLike, *, command: str | None = None) -> str:
-    """A Markdown table of the overall metric per (method, budget), from ``results.csv``.
+    """The Markdown report of ``results.csv``: a table per metric, then the paired comparisons.
 
-    Each row gives the mean ± sample std over seeds, the mean of the per-seed 95% CI bounds,
-    the number of seeds and of training examples; selection methods first (budgets
-    ascending), then the full-pool run and the base model. ``command`` (the command that made
-    the results) is printed under the table.
+    Each table row gives the mean ± sample std over seeds, the mean of the per-seed 95% CI
+    bounds, the number of seeds and of training examples; selection methods first (budgets
+    ascending), then the full-pool run and the base model. When the per-item results lie
+    beside the CSV (``eval/``), the sections of
+    :func:`~smalltolarge.compare.comparisons_markdown` follow: paired differences to random and
+    to the full pool, the detectable difference at each budget, and a warning when the setup
+    cannot separate methods. ``command`` (the command that made the results) is printed last.
     """
     summaries = _summaries(results_csv)
     if not summaries:
         raise S2LError(f"{results_csv}: no results yet")
-    metric = summaries[0].metric
     methods = [s.method for s in summaries]
     order = {m: k for k, m in enumerate(dict.fromkeys(methods))}
     last = {FULL_POOL: len(order), BASE: len(order) + 1}
     summaries.sort(key=lambda s: (last.get(s.method, order[s.method]), _budget_number(s.budget)))
+    lines: list[str] = []
+    for metric in _metrics(summaries):
+        lines += _metric_table([s for s in summaries if s.metric == metric], metric)
+    out_dir = Path(results_csv).parent
+    if (out_dir / "eval").is_dir():
+        lines += [comparisons_markdown(out_dir).rstrip("\n"), ""]
+    if command:
+        lines += [f"Produced by `{command}`.", ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _metric_table(summaries: list[_Summary], metric: str) -> list[str]:
     n_eval = summaries[0].n_eval
+    ci = "bootstrap" if metric == LOSS else "Wilson/bootstrap"
+    unit = " (nats per response token, lower is better)" if metric == LOSS else ""
     lines = [
-        f"{metric} on {n_eval} held-out items (mean ± std over seeds; 95% CI: mean of the "
-        "per-seed Wilson/bootstrap bounds)",
+        f"{metric}{unit} on {n_eval} held-out items (mean ± std over seeds; 95% CI: mean of "
+        f"the per-seed {ci} bounds)",
         "",
         f"| method | budget | n_train | {metric} | 95% CI | seeds |",
         "|---|---|---|---|---|---|",
@@ -816,27 +1006,85 @@ def write_table(results_csv: str | os.PathLike, *, command: str | None = None) -
             f"| {s.method} | {budget} | {n_train} | {value} | "
             f"[{np.mean(s.ci_lows):.3f}, {np.mean(s.ci_highs):.3f}] | {len(s.values)} |"
         )
-    if command:
-        lines += ["", f"Produced by `{command}`."]
-    return "\n".join(lines) + "\n"
+    return [*lines, ""]
 
 
 def plot_results(results_csv: str | os.PathLike, png: str | os.PathLike) -> Path:
-    """Plot the overall metric against the budget from ``results.csv`` into ``png``.
+    """Plot each metric against the budget from ``results.csv`` into ``png``.
 
-    One line per selection method, error bars = sample std over seeds; the full-pool run is a
-    horizontal line, the base model a dotted one. Returns the PNG's path.
+    One column per metric. Top: one line per selection method, error bars = sample std over
+    seeds; the full-pool run is a horizontal line, the base model a dotted one. Bottom (when
+    the per-item results beside the CSV allow paired comparisons): each method's difference to
+    random at the same budget, error bars = the paired 95% interval. Returns the PNG's path.
     """
+    summaries = _summaries(results_csv)
+    if not summaries:
+        raise S2LError(f"{results_csv}: no results yet")
+    out_dir = Path(results_csv).parent
+    differences = (
+        [r for r in comparisons(out_dir) if r["baseline"] == RANDOM]
+        if (out_dir / "eval").is_dir()
+        else []
+    )
+    metrics = _metrics(summaries)
+    # one colour per method in every panel
+    labels = dict.fromkeys(s.method for s in summaries if s.method not in (FULL_POOL, BASE))
+    colors = {method: f"C{k % 10}" for k, method in enumerate(labels)}
+    fig, _ = _figure(len(metrics), 2 if differences else 1)
+    for col, metric in enumerate(metrics):
+        ax = fig.axes[col]
+        _plot_metric(ax, [s for s in summaries if s.metric == metric], metric, colors)
+        if differences:
+            _plot_differences(fig.axes[len(metrics) + col], differences, metric, colors)
+    return _save(fig, png)
+
+
+def plot_calibration(results_csv: str | os.PathLike, png: str | os.PathLike) -> Path:
+    """Plot random's learning curve (each seed, and the mean) and the full pool against the
+    number of training examples, one panel per metric, from the results directory of
+    ``results_csv``. Returns the PNG's path."""
+    out_dir = Path(results_csv).parent
+    curves = learning_curve(out_dir)
+    if not curves:
+        raise S2LError(f"{results_csv}: no random or full-pool results to calibrate with")
+    rows = [r for r in _read_rows(Path(results_csv)) if r["source"] == "all"]
+    metrics = sorted(curves, key=lambda m: m == LOSS)
+    fig, _ = _figure(len(metrics), 1)
+    for ax, metric in zip(fig.axes, metrics, strict=True):
+        points = [r for r in rows if r["metric"] == metric and r["method"] in (RANDOM, FULL_POOL)]
+        ax.scatter(
+            [int(r["n_train"]) for r in points],
+            [float(r["value"]) for r in points],
+            color="grey",
+            alpha=0.6,
+            label="one seed",
+        )
+        curve = curves[metric]
+        ax.plot(
+            [p[1] for p in curve], [p[2] for p in curve], marker="o", label="random → full pool"
+        )
+        ax.set_xscale("log")
+        ax.set_xlabel("training examples")
+        better = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
+        ax.set_ylabel(f"{metric} ({better})")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, png)
+
+
+def _figure(n_cols: int, n_rows: int) -> tuple[Any, Any]:
     # Figure + the Agg canvas directly: no pyplot, so no global backend state and no display.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    summaries = _summaries(results_csv)
-    if not summaries:
-        raise S2LError(f"{results_csv}: no results yet")
-    fig = Figure(figsize=(7, 4.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig = Figure(figsize=(6.5 * n_cols, 4.2 * n_rows))
+    canvas = FigureCanvasAgg(fig)
+    for k in range(n_cols * n_rows):
+        fig.add_subplot(n_rows, n_cols, k + 1)
+    return fig, canvas
+
+
+def _plot_metric(ax: Any, summaries: list[_Summary], metric: str, colors: dict) -> None:
     for method in dict.fromkeys(s.method for s in summaries if s.method not in (FULL_POOL, BASE)):
         points = sorted(
             (s for s in summaries if s.method == method), key=lambda s: _budget_number(s.budget)
@@ -847,6 +1095,7 @@ def plot_results(results_csv: str | os.PathLike, png: str | os.PathLike) -> Path
             yerr=[s.std or 0.0 for s in points],
             marker="o",
             capsize=3,
+            color=colors[method],
             label=method,
         )
     for s in summaries:
@@ -858,9 +1107,43 @@ def plot_results(results_csv: str | os.PathLike, png: str | os.PathLike) -> Path
                 label="full pool" if s.method == FULL_POOL else "base model",
             )
     ax.set_xlabel("budget (fraction of the pool, or examples)")
-    ax.set_ylabel(f"{summaries[0].metric} (overall)")
+    ax.set_ylabel(f"{metric} (overall)")
     ax.grid(alpha=0.3)
     ax.legend()
+
+
+def _plot_differences(ax: Any, rows: list[dict[str, str]], metric: str, colors: dict) -> None:
+    rows = [r for r in rows if r["metric"] == metric]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for k, method in enumerate(methods):
+        mine = sorted(
+            (r for r in rows if r["method"] == method), key=lambda r: _budget_number(r["budget"])
+        )
+        x = np.array([_budget_number(r["budget"]) for r in mine])
+        # a small sideways shift per method keeps overlapping error bars readable
+        shift = 1 + 0.03 * (k - (len(methods) - 1) / 2)
+        y = np.array([float(r["difference"]) for r in mine])
+        yerr = [y - [float(r["ci_low"]) for r in mine], [float(r["ci_high"]) for r in mine] - y]
+        ax.errorbar(
+            x * shift,
+            y,
+            yerr=yerr,
+            marker="o",
+            capsize=3,
+            linestyle="",
+            color=colors.get(method),
+            label=method,
+        )
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("budget (fraction of the pool, or examples)")
+    better = "lower" if metric in LOWER_IS_BETTER else "higher"
+    ax.set_ylabel(f"{metric}: method − random ({better} is better)")
+    ax.grid(alpha=0.3)
+    if methods:
+        ax.legend()
+
+
+def _save(fig: Any, png: str | os.PathLike) -> Path:
     fig.tight_layout()
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
