@@ -34,7 +34,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from smalltolarge.data import Pool, load_pool
 from smalltolarge.errors import S2LError
+from smalltolarge.hub import check_hub_name
 from smalltolarge.runs import atomic_dir, atomic_write_json, fingerprint
 
 
@@ -58,8 +60,11 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # about 0.7M parameters; trains at about 15k tokens/s on 2 CPU cores (bf16)
     "tiny": Preset(128, 2, 4, 384, 2048, learning_rate=1e-3, batch_size=16),
-    # about 5M parameters
+    # about 5.5M parameters (with the full 8,192-token vocabulary)
     "small": Preset(256, 4, 4, 768, 8192, learning_rate=1e-3, batch_size=16),
+    # about 14.7M parameters: a from-scratch *target* several times the size of the proxies,
+    # for a benchmark tier that trains faster than a pretrained 135M model (see init_model)
+    "medium": Preset(384, 6, 6, 1152, 8192, learning_rate=1e-3, batch_size=16),
 }
 
 #: Reference settings of S2L for a pretrained proxy (Pythia-70M in the paper).
@@ -246,10 +251,22 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedToke
     return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
 
 
+def check_model_name(name_or_path: str | os.PathLike) -> None:
+    """Refuse at once a model that cannot be had (see :func:`smalltolarge.hub.check_hub_name`);
+    a preset or an :data:`OFFLINE_MODELS` short name always can."""
+    name = str(name_or_path)
+    if not (is_preset(name) or name.lower() in OFFLINE_MODELS):
+        check_hub_name(name)
+
+
 def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
     """Load a tokenizer by HF name, local path or :data:`OFFLINE_MODELS` short name; a clear
     error when it cannot be had."""
     path = resolve_model(name_or_path)
+    try:
+        check_hub_name(path)
+    except S2LError as e:
+        raise S2LError(f"could not load a tokenizer from {e}") from None
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
@@ -292,12 +309,107 @@ def build_preset_model(name: str, tok: PreTrainedTokenizerBase, seed: int) -> Pr
     return model
 
 
+#: Written into every directory made by :func:`init_model`: the preset, pool and seed used.
+INIT_MARKER = "s2l_init.json"
+
+
+def init_model(
+    preset: str,
+    pool: str | os.PathLike | Pool,
+    out_dir: str | os.PathLike,
+    *,
+    vocab_size: int | None = None,
+    seed: int = 0,
+) -> Path:
+    """Save an untrained ``preset`` model, with a BPE tokenizer trained on ``pool``, as a plain
+    HF directory that ``s2l finetune`` and ``s2l evaluate`` take like any model.
+
+    This is a from-scratch *target* for a fast benchmark tier (a model several times larger
+    than the proxy that still trains quickly on a CPU), not a proxy: ``s2l prepare --proxy
+    PRESET`` already trains a preset proxy with its own tokenizer. The tokenizer is the one
+    ``prepare`` would train for the preset on the same pool (Alpaca-formatted prompt +
+    response texts), unless ``vocab_size`` asks for another size.
+
+    Args:
+        preset: a key of :data:`PRESETS`.
+        pool: the texts to train the tokenizer on: anything :func:`~smalltolarge.data.load_pool`
+            reads, or a loaded :class:`~smalltolarge.data.Pool`.
+        out_dir: the directory to write (float32 weights, config, tokenizer and
+            ``s2l_init.json``), atomically; an existing directory is replaced only if it is
+            empty or an earlier output of this function.
+        vocab_size: tokenizer vocabulary size in tokens (default: the preset's).
+        seed: seed of the weight initialisation; the same pool and seed give the same model.
+
+    Returns:
+        ``out_dir`` as a Path.
+
+    Raises:
+        S2LError: an unknown preset, a vocabulary too small for the byte alphabet, an
+            unreadable pool, or an ``out_dir`` that holds something else.
+    """
+    if preset not in PRESETS:
+        raise S2LError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
+    vocab = PRESETS[preset].vocab_size if vocab_size is None else vocab_size
+    # The byte-level alphabet (256) and the special tokens come first; fewer cannot encode text.
+    if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 512:
+        raise S2LError(f"vocab_size must be an integer of at least 512, not {vocab!r}")
+    out = Path(out_dir)
+    check_output_dir(out, INIT_MARKER)
+    loaded = pool if isinstance(pool, Pool) else load_pool(pool)
+    tokenizer = train_pool_tokenizer(loaded, vocab)
+    model = build_preset_model(preset, tokenizer, seed)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        atomic_write_json(
+            tmp / INIT_MARKER,
+            {
+                "preset": preset,
+                "pool": loaded.source_path,
+                "pool_fingerprint": loaded.fingerprint,
+                "vocab_size": len(tokenizer),
+                "parameters": count_parameters(model),
+                "seed": seed,
+            },
+        )
+    return out
+
+
+def train_pool_tokenizer(
+    pool: Pool, vocab_size: int, *, template: str = "alpaca"
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer of ``vocab_size`` tokens trained on ``pool``'s examples as
+    the model sees them (prompt in ``template`` + response); deterministic for the same pool."""
+    # formatting imports this module, so its prompt builder is imported when first needed.
+    from smalltolarge.formatting import format_prompt
+
+    ds = pool.dataset
+    texts = (
+        format_prompt(ins, inp, template=template) + resp
+        for ins, inp, resp in zip(ds["instruction"], ds["input"], ds["response"], strict=True)
+    )
+    return train_bpe_tokenizer(texts, vocab_size)
+
+
+def check_output_dir(out: Path, marker: str) -> None:
+    """Refuse an ``out`` that an atomic rewrite must not replace: anything but a missing or
+    empty directory, or one holding ``marker`` (an earlier output of the same kind)."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / marker).is_file())):
+        raise S2LError(
+            f"{out} exists and is not an earlier output of this command; choose a new directory"
+        )
+
+
 def load_causal_lm(
     name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32
 ) -> PreTrainedModel:
     """Load any HF causal LM by name, path or :data:`OFFLINE_MODELS` short name. Never resizes
     or re-initialises embeddings."""
     path = resolve_model(name_or_path)
+    try:
+        check_hub_name(path)
+    except S2LError as e:
+        raise S2LError(f"could not load a causal LM from {e}") from None
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as e:
@@ -345,5 +457,10 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    """The first line of the error's message; one that ends in ':' ("from one of:") goes on
+    with the lines below it (a list), joined into one line of at most 300 characters."""
+    lines = str(e).strip().splitlines()
+    if not lines:
+        return type(e).__name__
+    text = " ".join(" ".join(lines).split()) if lines[0].rstrip().endswith(":") else lines[0]
+    return (text[:297] + "...") if len(text) > 300 else text
