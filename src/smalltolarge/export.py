@@ -1,0 +1,215 @@
+"""Hand a selection to another trainer: write its subset in that trainer's dataset format.
+
+``export_selection(SELECTION_DIR, "llama-factory")`` reads the selection's subset (the user's
+own records, see :func:`~smalltolarge.data.write_subset`), normalises it as the run did, and
+writes one of :data:`FORMATS` into ``SELECTION_DIR/export/FORMAT/`` (or ``out_dir``):
+
+- ``alpaca``: ``NAME.json``, a JSON list of ``{"instruction", "input", "output", ...}``;
+- ``messages``: ``NAME.jsonl``, one ``{"messages": [{"role", "content"}, ...], ...}`` per line,
+  the last message being the assistant's response;
+- ``llama-factory``: ``NAME.json`` plus a ``dataset_info.json`` entry named ``NAME``: the
+  alpaca layout (columns prompt/query/response = instruction/input/output), or for a chat
+  pool the sharegpt layout with OpenAI-style ``messages`` (role/content tags);
+- ``axolotl``: ``NAME.jsonl`` plus ``NAME.axolotl.yaml`` holding the ``datasets:`` stanza of
+  an axolotl config (``type: alpaca``, or ``type: chat_template`` for a chat pool).
+
+Every original column of the subset is kept on each record, except the columns the format's
+own fields were built from (the prompt, input and response columns, or the chat column): an
+``id``, a ``source`` or any metadata column travels with the example. An original column whose
+name a format field takes is kept as ``original_NAME``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from smalltolarge.errors import S2LError
+from smalltolarge.runs import atomic_write_json, atomic_write_text, read_json
+
+FORMATS = ("llama-factory", "axolotl", "messages", "alpaca")
+
+
+@dataclass
+class Export:
+    """A written export: its format, the files written (data file first) and the row count."""
+
+    format: str
+    files: list[Path]
+    n: int
+
+
+def export_selection(
+    selection_dir: str | os.PathLike,
+    fmt: str,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    name: str | None = None,
+) -> Export:
+    """Write the subset of ``selection_dir`` (``RUN/selections/NAME``) in format ``fmt``.
+
+    Args:
+        selection_dir: a finished selection (with ``summary.json`` and its subset file).
+        fmt: one of :data:`FORMATS`.
+        out_dir: where to write [default: ``selection_dir/export/FMT``].
+        name: the dataset's name in file names and ``dataset_info.json`` [default: the
+            selection's name].
+
+    Raises:
+        S2LError: an unknown format, or a directory that is not a finished selection.
+    """
+    from smalltolarge.data import load_pool
+    from smalltolarge.finetune import resolve_train_data
+
+    if fmt not in FORMATS:
+        raise S2LError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    selection_dir = Path(selection_dir)
+    if not (selection_dir / "summary.json").is_file():
+        raise S2LError(f"{selection_dir}: not a finished selection (no summary.json)")
+    subset_path, options = resolve_train_data(selection_dir)
+    pool = load_pool(subset_path, **options)
+    records = _records(Path(subset_path))
+    name = _safe_name(name or read_json(selection_dir / "summary.json").get("name", "subset"))
+    out = Path(out_dir) if out_dir is not None else selection_dir / "export" / fmt
+
+    chat = pool.schema["kind"] == "messages"
+    consumed = {pool.schema[k] for k in ("prompt", "input", "response") if pool.schema.get(k)}
+    columns = pool.dataset.select_columns(
+        ["row", "instruction", "input", "response", "messages"]
+    ).to_dict()
+    rows = []
+    for k, row in enumerate(columns["row"]):
+        original = {c: v for c, v in records[row].items() if c not in consumed}
+        example = {
+            "instruction": columns["instruction"][k],
+            "input": columns["input"][k],
+            "response": columns["response"][k],
+            "prompt_turns": json.loads(columns["messages"][k]) if chat else None,
+        }
+        rows.append((example, original))
+
+    if fmt == "alpaca" or (fmt in ("llama-factory", "axolotl") and not chat):
+        data = [_merge(_alpaca(ex), original) for ex, original in rows]
+    else:
+        data = [_merge({"messages": _messages(ex)}, original) for ex, original in rows]
+
+    data_file = out / (f"{name}.json" if fmt in ("alpaca", "llama-factory") else f"{name}.jsonl")
+    if data_file.suffix == ".json":
+        atomic_write_text(data_file, json.dumps(data, ensure_ascii=False, indent=1, default=str))
+    else:
+        atomic_write_text(
+            data_file,
+            "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in data),
+        )
+    files = [data_file]
+    if fmt == "llama-factory":
+        files.append(_write_dataset_info(out, name, data_file.name, chat))
+    elif fmt == "axolotl":
+        files.append(_write_axolotl_yaml(out, name, data_file, chat))
+    return Export(format=fmt, files=files, n=len(data))
+
+
+def _alpaca(ex: dict[str, Any]) -> dict[str, Any]:
+    record = {"instruction": ex["instruction"], "input": ex["input"], "output": ex["response"]}
+    turns = ex["prompt_turns"]
+    non_system = [t for t in turns or [] if t["role"] != "system"]
+    if turns and turns[0]["role"] == "system" and len(non_system) == 1:
+        # the instruction is then the user turn alone; the system prompt gets its own field
+        record["system"] = turns[0]["content"]
+    return record
+
+
+def _messages(ex: dict[str, Any]) -> list[dict[str, str]]:
+    if ex["prompt_turns"] is not None:
+        turns = list(ex["prompt_turns"])
+    else:
+        user = ex["instruction"] + (f"\n\n{ex['input']}" if ex["input"] else "")
+        turns = [{"role": "user", "content": user}]
+    return [*turns, {"role": "assistant", "content": ex["response"]}]
+
+
+def _merge(fields: dict[str, Any], original: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(fields)
+    for column, value in original.items():
+        merged[f"original_{column}" if column in fields else column] = value
+    return merged
+
+
+def _write_dataset_info(out: Path, name: str, file_name: str, chat: bool) -> Path:
+    """``dataset_info.json`` with the entry ``name``; entries already there are kept."""
+    if chat:
+        entry = {
+            "file_name": file_name,
+            "formatting": "sharegpt",
+            "columns": {"messages": "messages"},
+            "tags": {
+                "role_tag": "role",
+                "content_tag": "content",
+                "user_tag": "user",
+                "assistant_tag": "assistant",
+                "system_tag": "system",
+            },
+        }
+    else:
+        entry = {
+            "file_name": file_name,
+            "formatting": "alpaca",
+            "columns": {"prompt": "instruction", "query": "input", "response": "output"},
+        }
+    path = out / "dataset_info.json"
+    info = read_json(path) if path.is_file() else {}
+    info[name] = entry
+    atomic_write_json(path, info)
+    return path
+
+
+def _write_axolotl_yaml(out: Path, name: str, data_file: Path, chat: bool) -> Path:
+    import yaml
+
+    stanza: dict[str, Any] = {"path": str(data_file.resolve()), "ds_type": "json"}
+    if chat:
+        stanza.update(
+            type="chat_template",
+            field_messages="messages",
+            message_property_mappings={"role": "role", "content": "content"},
+            roles_to_train=["assistant"],
+        )
+    else:
+        stanza["type"] = "alpaca"
+    path = out / f"{name}.axolotl.yaml"
+    header = (
+        f"# axolotl dataset stanza for the S2L selection '{name}'; "
+        "paste under your config's `datasets:`\n"
+    )
+    atomic_write_text(path, header + yaml.safe_dump({"datasets": [stanza]}, sort_keys=False))
+    return path
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    """The subset file's records as written (original columns and values), in file order."""
+    if path.is_dir():  # save_to_disk
+        import datasets
+
+        return datasets.load_from_disk(str(path)).to_list()
+    if path.suffix == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    if path.suffix == ".json":
+        return json.loads(path.read_text(encoding="utf-8"))
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if path.suffix == ".csv":
+        with open(path, encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f))
+    raise S2LError(f"{path}: cannot read a subset of this kind")
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "subset"
