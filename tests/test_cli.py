@@ -70,7 +70,7 @@ def test_end_to_end_run_then_reuse(monkeypatch, capsys, pool_file, tmp_path):
     assert code == 0, err
     assert "selected 30 of 120 examples" in out
     assert "examples per source" in out
-    selection = run_dir / "selections" / "s2l-0.25-seed0"
+    selection = run_dir / "selections" / "s2l-0.25-k6-seed0"
     ids = (selection / "ids.txt").read_text().splitlines()
     assert len(ids) == 30
     assert len((selection / "subset.jsonl").read_text().splitlines()) == 30
@@ -85,7 +85,7 @@ def test_end_to_end_run_then_reuse(monkeypatch, capsys, pool_file, tmp_path):
     assert code == 0, err
     assert "up to date" in out
     assert (run_dir / "proxy" / "proxy.json").stat().st_mtime_ns == proxy_mtime
-    assert len((run_dir / "selections" / "s2l-12-seed0" / "ids.txt").read_text().split()) == 12
+    assert len((run_dir / "selections" / "s2l-12-k6-seed0" / "ids.txt").read_text().split()) == 12
 
     # the stage commands work on the same run directory
     code, out, err = s2l(

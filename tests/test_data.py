@@ -166,6 +166,7 @@ def test_hub_name_failure_is_one_line(monkeypatch):
         raise ConnectionError(f"Couldn't reach '{name}' on the Hub\n(more detail)")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.setattr("smalltolarge.data.check_hub_name", lambda name, kind: None)
     with pytest.raises(S2LError) as info:
         load_pool("someorg/somedata", split="test")
     assert str(info.value) == (
@@ -388,7 +389,7 @@ def test_missing_field_and_empty_response_counted(tmp_path):
         load_pool(path)
     assert str(info.value) == (
         f"{path} line 2 (id=b): missing field 'output' (2 invalid examples in total; "
-        "pass on_invalid='skip' / --skip-invalid to drop them)"
+        "fix them, or pass on_invalid='skip' / --skip-invalid to drop them)"
     )
 
 
@@ -402,7 +403,7 @@ def test_empty_response_and_prompt_locations(tmp_path):
         )
     with pytest.raises(S2LError, match=r"p\.parquet row 1: empty prompt"):
         load_pool(write_parquet(tmp_path / "p.parquet", [{"prompt": " ", "completion": "a"}]))
-    with pytest.raises(S2LError, match=r"p\.json record 1: missing field 'answer'"):
+    with pytest.raises(S2LError, match=r"p\.json record 1: field 'answer' is empty \(null\)"):
         load_pool(write_json(tmp_path / "p.json", [{"question": "q", "answer": None}]))
 
 

@@ -19,7 +19,15 @@ name that needs it is used.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
+
+# Set before torch loads (OpenMP reads it then), so the Python API and the `s2l` command run
+# alike: idle OpenMP threads sleep instead of spinning. On a machine whose cores are busy with
+# other work, spinning threads slowed the tiny proxy's training tenfold and more.
+# OMP_WAIT_POLICY=ACTIVE in the environment restores spinning.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 __version__ = "0.1.0"
 
@@ -44,6 +52,7 @@ _EXPORTS: dict[str, str] = {
     "TrajectoryRecorder": "smalltolarge.scoring",
     "checkpoint_steps": "smalltolarge.scoring",
     "format_prompt": "smalltolarge.formatting",
+    "init_model": "smalltolarge.models",
     "list_checkpoints": "smalltolarge.proxy",
     "load_causal_lm": "smalltolarge.models",
     "load_pool": "smalltolarge.data",
@@ -62,6 +71,7 @@ _EXPORTS: dict[str, str] = {
     "select_subset": "smalltolarge.subset",
     "tokenise_pool": "smalltolarge.formatting",
     "train_proxy": "smalltolarge.proxy",
+    "truncate_model": "smalltolarge.truncate",
     "write_subset": "smalltolarge.data",
 }
 

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from smalltolarge.errors import S2LError
+from smalltolarge.hub import check_hub_name
 from smalltolarge.runs import RunDir, atomic_dir, atomic_open, atomic_write_json, read_json
 
 NORMALISED_COLUMNS = ("id", "row", "instruction", "input", "response", "source", "messages")
@@ -172,7 +173,7 @@ def load_pool(
         plural = "example" if count == 1 else "examples"
         raise S2LError(
             f"{first['where']}{id_part}: {first['problem']} ({count} invalid {plural} in total; "
-            "pass on_invalid='skip' / --skip-invalid to drop them)"
+            "fix them, or pass on_invalid='skip' / --skip-invalid to drop them)"
         )
     if problems:
         first = problems[0]
@@ -232,7 +233,10 @@ def load_saved_pool(run_dir: RunDir) -> Pool:
         S2LError: ``run_dir`` holds no saved pool, or the saved pool is incomplete.
     """
     if not run_dir.pool_meta.is_file() or not run_dir.pool_dir.is_dir():
-        raise S2LError(f"{run_dir.root}: no saved pool (pool.json or pool/ is missing)")
+        raise S2LError(
+            f"{run_dir.root}: no saved pool (pool.json or pool/ is missing); run "
+            "`s2l prepare POOL` first"
+        )
     meta = read_json(run_dir.pool_meta)
     dataset = datasets.load_from_disk(str(run_dir.pool_dir))
     if not isinstance(dataset, datasets.Dataset) or tuple(dataset.column_names) != (
@@ -369,6 +373,7 @@ def _read_raw(source: str, split: str) -> _Raw:
                 ".jsonl, .json, .parquet or .csv, a save_to_disk directory or a dataset name)"
             )
         if fmt == "json" and not _starts_with_bracket(path):
+            _refuse_json_object(path)
             fmt = "jsonl"
         return {
             "jsonl": _raw_jsonl,
@@ -562,6 +567,7 @@ def _load_disk(source: str, split: str | None) -> tuple[datasets.Dataset, str | 
 def _load_hub(source: str, split: str) -> datasets.Dataset:
     # load_dataset raises a wide variety of exception types (missing repo, no network, unknown
     # split, unreadable files); all of them mean "this input cannot be used" to the user.
+    check_hub_name(source, kind="dataset")
     try:
         dataset = datasets.load_dataset(source, split=split)
     except Exception as e:
@@ -712,8 +718,10 @@ def _text(value: Any, name: str) -> tuple[str | None, str | None]:
     """``(text, None)`` for a usable scalar, ``(None, problem)`` otherwise."""
     if isinstance(value, str):
         return value, None
-    if value is None or value is _MISSING or (isinstance(value, float) and math.isnan(value)):
+    if value is _MISSING:
         return None, f"missing field {name!r}"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None, f"field {name!r} is empty (null)"
     if isinstance(value, (list, tuple, dict)):
         return None, f"field {name!r} is not text (got {_json_type(value)})"
     return str(value), None
@@ -725,8 +733,10 @@ def _parse_chat(value: Any) -> tuple[str | None, str | None, str, str | None]:
     The response is the last assistant turn, the prompt is every turn before it; turns after
     it carry no target and are dropped.
     """
-    if value is None or value is _MISSING:
+    if value is _MISSING:
         return None, None, "", "missing field 'messages'"
+    if value is None:
+        return None, None, "", "field 'messages' is empty (null)"
     if isinstance(value, str):
         # CSV (and some exports) store the chat as a JSON string.
         try:
@@ -817,6 +827,23 @@ def _check_unchanged(source: str, found: int, expected: int) -> None:
         )
 
 
+def _refuse_json_object(path: Path) -> None:
+    """A ``.json`` file holding one JSON object (records keyed by id, or under a key) is not a
+    pool; read as JSON Lines it would be one example whose fields are its keys."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return  # JSON Lines (several values), or broken: the JSONL reader says which line
+    if isinstance(data, dict):
+        keys = list(data)
+        shown = ", ".join(map(str, keys[:5])) + (", ..." if len(keys) > 5 else "")
+        raise S2LError(
+            f"{path}: one JSON object with {len(keys)} keys ({shown}), not a list of records; "
+            "give a JSON list of objects ([{...}, ...]) or JSON Lines (one object per line)"
+        )
+
+
 def _starts_with_bracket(path: Path) -> bool:
     with open(path, "rb") as f:
         while chunk := f.read(4096):
@@ -866,5 +893,10 @@ def _json_type(value: Any) -> str:
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    """The first line of the error's message; one that ends in ':' goes on with the lines
+    below it (a list), joined into one line of at most 300 characters."""
+    lines = str(error).strip().splitlines()
+    if not lines:
+        return type(error).__name__
+    text = " ".join(" ".join(lines).split()) if lines[0].rstrip().endswith(":") else lines[0]
+    return (text[:297] + "...") if len(text) > 300 else text

@@ -19,8 +19,7 @@ DEMO_SETTINGS = {
     "max_length": 256,
     "epochs": 3.0,
     "n_checkpoints": 12,
-    "method": "s2l",
-    "n_clusters": 100,
+    "method": "s2l",  # with S2L's default K = 100
 }
 
 

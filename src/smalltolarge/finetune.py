@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from transformers.utils import logging as hf_logging
 
 from smalltolarge.data import load_pool
 from smalltolarge.errors import S2LError
@@ -42,6 +41,7 @@ from smalltolarge.models import (
     load_tokenizer,
     resolve_precision,
 )
+from smalltolarge.progress import library_bars
 from smalltolarge.runs import (
     atomic_dir,
     atomic_write_json,
@@ -53,6 +53,7 @@ from smalltolarge.runs import (
 from smalltolarge.training import (
     LossProgressCallback,
     SeededOrderTrainer,
+    check_training_settings,
     last_complete_checkpoint,
     training_arguments,
 )
@@ -169,7 +170,14 @@ def finetune(
         raise TypeError(
             f"finetune() got unexpected keyword arguments: {', '.join(sorted(unknown))}"
         )
-    _check_settings(epochs, learning_rate, batch_size, grad_accum, warmup_ratio, save_steps)
+    check_training_settings(
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        warmup_ratio=warmup_ratio,
+        save_steps=save_steps,
+    )
     if lora:
         _check_lora(lora_r, lora_alpha, lora_dropout, lora_target_modules)
     precision = resolve_precision(precision)
@@ -337,28 +345,6 @@ def resolve_train_data(train_data: str | os.PathLike) -> tuple[str, dict[str, An
     return os.fspath(subset), _pool_columns(path.parent.parent / "pool.json")
 
 
-def _check_settings(
-    epochs: float,
-    learning_rate: float,
-    batch_size: int,
-    grad_accum: int,
-    warmup_ratio: float,
-    save_steps: int | None,
-) -> None:
-    """Refuse settings that would fail deep inside the Trainer, or train nothing."""
-    for name, value in (("batch_size", batch_size), ("grad_accum", grad_accum)):
-        if not isinstance(value, int) or value < 1:
-            raise S2LError(f"{name} must be a positive integer, not {value!r}")
-    if not epochs > 0:
-        raise S2LError(f"epochs must be positive, not {epochs!r}")
-    if not learning_rate > 0:
-        raise S2LError(f"learning_rate must be positive, not {learning_rate!r}")
-    if not 0 <= warmup_ratio < 1:
-        raise S2LError(f"warmup_ratio must be in [0, 1), not {warmup_ratio!r}")
-    if save_steps is not None and (not isinstance(save_steps, int) or save_steps < 1):
-        raise S2LError(f"save_steps must be a positive integer, not {save_steps!r}")
-
-
 def _check_lora(r: int, alpha: float, dropout: float, targets: list[str] | None) -> None:
     """Refuse LoRA settings that peft would reject late or accept with a surprising meaning
     (any other single string is a regular expression to peft, not a module name)."""
@@ -522,16 +508,10 @@ def _save_model(
 
 @contextlib.contextmanager
 def _hf_progress_bars(show: bool) -> Iterator[None]:
-    """Show or hide the progress bars of transformers itself (loading and writing weights)
-    for the block; the training bar is a plain tqdm bar and stays."""
-    was_shown = hf_logging.is_progress_bar_enabled()
-    if was_shown and not show:
-        hf_logging.disable_progress_bar()
-    try:
+    """Show or hide the progress bars of the libraries (loading and writing weights, saving
+    datasets) for the block; the training bar is our own (see ``training.py``)."""
+    with library_bars(show):
         yield
-    finally:
-        if was_shown and not show:
-            hf_logging.enable_progress_bar()
 
 
 def _result(out_dir: Path, meta: dict[str, Any], *, skipped: bool) -> FinetuneResult:

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smalltolarge.prepare import prepare
-from smalltolarge.proxy import train_proxy
+from smalltolarge.progress import quiet_libraries_unless_progress
+from smalltolarge.proxy import check_proxy_settings, train_proxy
 from smalltolarge.runs import RunDir
 from smalltolarge.scoring import DEFAULT_MAX_TOKENS, score_trajectories
-from smalltolarge.subset import SelectionResult, select_subset
+from smalltolarge.subset import SelectionResult, make_pool_selector, select_subset
 from smalltolarge.trajectories import Trajectories
 
 
@@ -31,6 +32,7 @@ class RunResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+@quiet_libraries_unless_progress
 def run_pipeline(
     pool_path: str | os.PathLike,
     run_dir: str | os.PathLike,
@@ -55,6 +57,7 @@ def run_pipeline(
     n_checkpoints: int | None = 12,
     checkpoint_every: int | None = None,
     precision: str = "auto",
+    score_precision: str | None = None,
     proxy_seed: int = 0,
     # stage 4: score
     max_tokens: int = DEFAULT_MAX_TOKENS,
@@ -64,17 +67,41 @@ def run_pipeline(
     n_clusters: int | None = None,
     stratify_by: str | None = None,
     seed: int = 0,
+    preset: str | None = None,
+    force: bool = False,
     progress: bool = True,
 ) -> RunResult:
     """Run every S2L stage on ``pool_path`` in ``run_dir``; see each stage for its settings.
 
     ``proxy_seed`` fixes the proxy's initialisation and data order, ``seed`` the selection, so
-    several selection seeds share one proxy. The budget is checked against the pool before any
-    training starts.
+    several selection seeds share one proxy. Every setting is checked before the pool is
+    prepared, and the budget and ``stratify_by`` against the prepared pool before any training
+    starts. ``force`` re-trains the proxy (re-recording the trajectories) and redoes the
+    selection even when they are up to date. ``score_precision`` is the precision of scoring
+    (default: ``precision``); ``preset="reference"`` applies the public reference code's
+    settings at every stage (see :mod:`smalltolarge.presets`).
     """
-    from smalltolarge.selection import resolve_budget
+    from smalltolarge.presets import apply_preset
+    from smalltolarge.selection import make_selector, resolve_budget
 
+    score_precision = (
+        apply_preset(preset, score_precision=(score_precision, None))["score_precision"]
+        or precision
+    )
     rd = RunDir(run_dir)
+    check_proxy_settings(
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        warmup_ratio=warmup_ratio,
+        n_checkpoints=n_checkpoints,
+        checkpoint_every=checkpoint_every,
+        precision=precision,
+        score_precision=score_precision,
+        max_tokens=max_tokens,
+    )
+    make_selector(method, n_clusters=n_clusters)  # method and K, before the pool is read
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     prepared = prepare(
@@ -90,9 +117,17 @@ def run_pipeline(
         id_column=id_column,
         split=split,
         on_invalid=on_invalid,
+        preset=preset,
         progress=progress,
     )
     resolve_budget(budget, len(prepared.pool), n_selectable=len(prepared.tokenised))
+    make_pool_selector(
+        prepared.pool,
+        method=method,
+        n_clusters=n_clusters,
+        stratify_by=stratify_by,
+        preset=preset,
+    )
     seconds["prepare"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -107,13 +142,15 @@ def run_pipeline(
         checkpoint_every=checkpoint_every,
         seed=proxy_seed,
         precision=precision,
+        score_precision=score_precision,
+        force=force,
         progress=progress,
     )
     seconds["train_proxy"] = time.perf_counter() - t
 
     t = time.perf_counter()
     trajectories = score_trajectories(
-        rd, precision=precision, max_tokens=max_tokens, progress=progress
+        rd, precision=score_precision, max_tokens=max_tokens, progress=progress
     )
     seconds["score"] = time.perf_counter() - t
 
@@ -125,6 +162,8 @@ def run_pipeline(
         seed=seed,
         n_clusters=n_clusters,
         stratify_by=stratify_by,
+        preset=preset,
+        force=force,
     )
     seconds["select"] = time.perf_counter() - t
     return RunResult(rd.root, trajectories, selection, seconds)

@@ -8,12 +8,14 @@ Each part is reused when its fingerprint matches what is on disk.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from smalltolarge.data import Pool, load_pool, save_pool
 from smalltolarge.errors import S2LError
 from smalltolarge.formatting import (
+    TEMPLATES,
     TokenisedPool,
     format_prompt,
     load_tokenised,
@@ -22,11 +24,14 @@ from smalltolarge.formatting import (
 )
 from smalltolarge.models import (
     PRESETS,
+    check_model_name,
     is_preset,
     load_tokenizer,
     tokenizer_fingerprint,
     train_bpe_tokenizer,
 )
+from smalltolarge.presets import apply_preset
+from smalltolarge.progress import quiet_libraries_unless_progress
 from smalltolarge.runs import RunDir, atomic_dir, atomic_write_json, fingerprint, read_json
 
 
@@ -39,6 +44,7 @@ class Prepared:
     reused: bool
 
 
+@quiet_libraries_unless_progress
 def prepare(
     pool_path: str | os.PathLike,
     run_dir: str | Path | RunDir,
@@ -53,6 +59,7 @@ def prepare(
     id_column: str | None = None,
     split: str = "train",
     on_invalid: str = "error",
+    preset: str | None = None,
     progress: bool = True,
 ) -> Prepared:
     """Load ``pool_path`` into ``run_dir`` and tokenise it for ``proxy``.
@@ -60,23 +67,29 @@ def prepare(
     ``proxy`` is a preset name (see :data:`smalltolarge.models.PRESETS`) or any HF causal LM
     name or path whose tokenizer is used. Input problems raise :class:`S2LError` before any
     tokenisation starts. Returns the pool, the tokenised pool, and whether everything was
-    reused from disk.
+    reused from disk. ``preset="reference"`` tokenises with the reference code's template
+    (see :mod:`smalltolarge.presets`).
     """
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    if template not in ("alpaca", "chat"):
-        raise S2LError(f"unknown template '{template}'; choose alpaca or chat")
+    template = apply_preset(preset, template=(template, "alpaca"))["template"]
+    if template not in TEMPLATES:
+        raise S2LError(f"unknown template '{template}'; choose one of {', '.join(TEMPLATES)}")
     if template == "chat" and is_preset(proxy):
         raise S2LError(f"the '{proxy}' preset has no chat template; use --template alpaca")
-    pool = load_pool(
-        pool_path,
-        prompt_column=prompt_column,
-        input_column=input_column,
-        response_column=response_column,
-        source_column=source_column,
-        id_column=id_column,
-        split=split,
-        on_invalid=on_invalid,
-    )
+    check_model_name(proxy)
+    with warnings.catch_warnings():
+        if progress:  # the "pool: skipped ..." line below says it; the warning would repeat it
+            warnings.filterwarnings("ignore", r".*skipped \d+ invalid", UserWarning)
+        pool = load_pool(
+            pool_path,
+            prompt_column=prompt_column,
+            input_column=input_column,
+            response_column=response_column,
+            source_column=source_column,
+            id_column=id_column,
+            split=split,
+            on_invalid=on_invalid,
+        )
     say = print if progress else (lambda *a, **k: None)
     say(
         f"pool: {len(pool)} examples from {pool_path} (schema {pool.schema['kind']}, "

@@ -31,6 +31,8 @@ from smalltolarge.models import (
     load_tokenizer,
     resolve_precision,
 )
+from smalltolarge.presets import apply_preset
+from smalltolarge.progress import quiet_libraries_unless_progress
 from smalltolarge.runs import (
     RunDir,
     atomic_dir,
@@ -51,6 +53,7 @@ from smalltolarge.scoring import (
 from smalltolarge.training import (
     LossProgressCallback,
     SeededOrderTrainer,
+    check_training_settings,
     last_complete_checkpoint,
     last_logged_loss,
     training_arguments,
@@ -59,6 +62,7 @@ from smalltolarge.training import (
 # Re-exported: where users of the proxy stage look for them.
 __all__ = [
     "CheckpointCallback",
+    "check_proxy_settings",
     "checkpoint_steps",
     "list_checkpoints",
     "read_proxy_meta",
@@ -66,6 +70,7 @@ __all__ = [
 ]
 
 
+@quiet_libraries_unless_progress
 def train_proxy(
     run_dir: str | Path | RunDir,
     *,
@@ -78,11 +83,13 @@ def train_proxy(
     checkpoint_every: int | None = None,
     seed: int = 0,
     precision: str = "auto",
+    score_precision: str | None = None,
     save_checkpoints: bool = True,
     record: bool = True,
     max_tokens: int = DEFAULT_MAX_TOKENS,
     embeddings: bool = True,
     force: bool = False,
+    preset: str | None = None,
     progress: bool = True,
 ) -> list[tuple[int, Path]]:
     """Train the run's proxy on its tokenised pool; return ``[(step, checkpoint_dir), ...]``.
@@ -95,14 +102,34 @@ def train_proxy(
     proxy and to S2L's reference values (2e-5, 128) for a pretrained one; the effective batch
     is ``batch_size * grad_accum * processes``. Skipped when ``proxy.json`` records the same
     inputs and settings and every asked-for output exists, unless ``force``.
+    ``score_precision`` is the precision of the in-training scoring (default: ``precision``);
+    ``preset="reference"`` scores in fp32 as the reference code does.
     """
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    check_proxy_settings(
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        warmup_ratio=warmup_ratio,
+        n_checkpoints=n_checkpoints,
+        checkpoint_every=checkpoint_every,
+        precision=precision,
+        score_precision=score_precision,
+        max_tokens=max_tokens,
+    )
     tok_pool = load_tokenised(run_dir)
     proxy = read_json(run_dir.tokenised_meta)["proxy"]
-    preset = PRESETS.get(proxy)
-    learning_rate = learning_rate or (preset.learning_rate if preset else REFERENCE_LEARNING_RATE)
-    batch_size = batch_size or (preset.batch_size if preset else REFERENCE_BATCH_SIZE)
+    architecture = PRESETS.get(proxy)
+    learning_rate = learning_rate or (
+        architecture.learning_rate if architecture else REFERENCE_LEARNING_RATE
+    )
+    batch_size = batch_size or (architecture.batch_size if architecture else REFERENCE_BATCH_SIZE)
     precision = resolve_precision(precision)
+    score_precision = apply_preset(preset, score_precision=(score_precision, None))[
+        "score_precision"
+    ]
+    score_precision = precision if score_precision is None else resolve_precision(score_precision)
     # Under `accelerate launch` every process runs this function; the state knows how many.
     state = distributed_state()
     steps_per_epoch = math.ceil(len(tok_pool) / (batch_size * state.num_processes * grad_accum))
@@ -122,7 +149,7 @@ def train_proxy(
         "precision": precision,
     }
     fp = fingerprint(tok_pool.fingerprint, settings)
-    traj_fp = trajectory_fingerprint(tok_pool.fingerprint, fp, precision)
+    traj_fp = trajectory_fingerprint(tok_pool.fingerprint, fp, score_precision)
     if not force and _is_complete(run_dir, fp, traj_fp, save_checkpoints, record):
         if progress:
             print(f"proxy: {run_dir.proxy_dir} is up to date ({len(steps)} checkpoints), skipped")
@@ -163,7 +190,7 @@ def train_proxy(
             TrajectoryCallback(
                 run_dir,
                 steps,
-                precision=precision,
+                precision=score_precision,
                 max_tokens=max_tokens,
                 embeddings=embeddings,
                 fingerprint=traj_fp,
@@ -209,6 +236,38 @@ def train_proxy(
         )
         shutil.rmtree(resume_dir, ignore_errors=True)
     return _saved_checkpoints(run_dir)
+
+
+def check_proxy_settings(
+    *,
+    epochs: float = 3.0,
+    learning_rate: float | None = None,
+    batch_size: int | None = None,
+    grad_accum: int = 1,
+    warmup_ratio: float = 0.03,
+    n_checkpoints: int | None = 12,
+    checkpoint_every: int | None = None,
+    precision: str = "auto",
+    score_precision: str | None = None,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+) -> None:
+    """Refuse proxy-training and scoring settings that cannot work, before anything runs
+    (:func:`~smalltolarge.pipeline.run_pipeline` calls it before it prepares the pool)."""
+    check_training_settings(
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        warmup_ratio=warmup_ratio,
+    )
+    for name, value in (("checkpoints", n_checkpoints), ("checkpoint_every", checkpoint_every)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise S2LError(f"{name} must be a positive integer, not {value!r}")
+    if not isinstance(max_tokens, int) or max_tokens < 1:
+        raise S2LError(f"max_tokens must be a positive integer, not {max_tokens!r}")
+    for value in (precision, score_precision):
+        if value not in (None, "auto"):
+            resolve_precision(value)  # refuses an unknown name
 
 
 class CheckpointCallback(TrainerCallback):

@@ -31,12 +31,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, TrainerCallback
 
 from smalltolarge.errors import S2LError
 from smalltolarge.formatting import TokenArrays, TokenisedPool, length_batches, load_tokenised
 from smalltolarge.models import autocast_dtype, default_device, load_causal_lm, resolve_precision
+from smalltolarge.presets import apply_preset
+from smalltolarge.progress import bar, quiet_libraries_unless_progress
 from smalltolarge.runs import (
     RunDir,
     atomic_save_npy,
@@ -59,6 +60,7 @@ DEFAULT_CHUNK_TOKENS = 1 << 20
 _LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
+@quiet_libraries_unless_progress
 def score_trajectories(
     run_dir: str | Path | RunDir,
     *,
@@ -68,6 +70,7 @@ def score_trajectories(
     device: str | None = None,
     embeddings: bool = True,
     force: bool = False,
+    preset: str | None = None,
     progress: bool = True,
 ) -> Trajectories:
     """Score every scorable example of ``run_dir`` at every saved proxy checkpoint.
@@ -77,10 +80,13 @@ def score_trajectories(
     hidden state at the final checkpoint, for embedding-based baselines) unless
     ``embeddings=False``. Resumable and multi-process, see the module docstring. Skipped when
     ``trajectories/`` already holds the result for the same inputs, unless ``force``.
+    ``preset="reference"`` scores in fp32, as the reference code does.
     """
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    precision = apply_preset(preset, score_precision=(precision, "auto"))["score_precision"]
     tok_pool = load_tokenised(run_dir)
     proxy_meta = read_proxy_meta(run_dir)
+    _check_proxy_matches(run_dir, proxy_meta, tok_pool.fingerprint)
     device = device or default_device()
     precision = resolve_precision(precision, device)
     fp = trajectory_fingerprint(tok_pool.fingerprint, proxy_meta["fingerprint"], precision)
@@ -123,14 +129,61 @@ def trajectory_fingerprint(tokenised_fp: str, proxy_fp: str, precision: str) -> 
 
 
 def load_run_trajectories(run_dir: str | Path | RunDir) -> Trajectories:
-    """Load ``RUN/trajectories`` and check it against the run's tokenised pool."""
+    """Load ``RUN/trajectories`` and check it against the run's tokenised pool and proxy.
+
+    A missing or stale artifact is refused with the stage that has to run next: ``s2l
+    train-proxy`` when the proxy is missing or was trained on another tokenisation (a new
+    ``s2l prepare`` since), ``s2l score`` otherwise."""
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    traj = Trajectories.load(run_dir.trajectories_dir)
-    meta = read_json(run_dir.tokenised_meta)
-    traj.check_matches(
-        meta["pool_fingerprint"], meta["fingerprint"], where=str(run_dir.trajectories_dir)
+    meta = load_tokenised_meta(run_dir)
+    proxy_meta = read_proxy_meta(run_dir) if run_dir.proxy_meta.is_file() else None
+    recorded = proxy_meta and proxy_meta.get("recorded_trajectories")
+    scored = (run_dir.trajectories_dir / "meta.json").is_file()
+    if proxy_meta is None and not scored:
+        raise S2LError(f"{run_dir.root}: the proxy is not trained (run `s2l train-proxy` first)")
+    stale_proxy = proxy_meta is not None and proxy_meta.get("tokenised_fingerprint") not in (
+        None,
+        meta["fingerprint"],
     )
+    if stale_proxy and not scored:
+        _check_proxy_matches(run_dir, proxy_meta, meta["fingerprint"])
+    traj = Trajectories.load(run_dir.trajectories_dir)
+    traj.check_matches(
+        meta["pool_fingerprint"],
+        meta["fingerprint"],
+        where=str(run_dir.trajectories_dir),
+        next_step="run `s2l train-proxy` first (the proxy was trained on the old one), then "
+        "`s2l score`"
+        if stale_proxy
+        else None,
+    )
+    scored_by = traj.meta.get("proxy_fingerprint")
+    if proxy_meta is not None and scored_by not in (None, proxy_meta["fingerprint"]):
+        raise S2LError(
+            f"{run_dir.trajectories_dir} were scored with an earlier proxy (the proxy was "
+            "re-trained since); "
+            + ("re-run `s2l train-proxy --force`" if recorded else "run `s2l score`")
+        )
     return traj
+
+
+def load_tokenised_meta(run_dir: RunDir) -> dict[str, Any]:
+    """``tokenised.json`` of a prepared run (refused, naming `s2l prepare`, when missing)."""
+    if not run_dir.tokenised_meta.is_file():
+        raise S2LError(f"{run_dir.root}: no tokenised pool (run `s2l prepare POOL` first)")
+    return read_json(run_dir.tokenised_meta)
+
+
+def _check_proxy_matches(run_dir: RunDir, proxy_meta: dict[str, Any], tokenised_fp: str) -> None:
+    """Refuse a proxy trained on another tokenisation: its vocabulary and the token ids of
+    the pool no longer agree, so scoring with it would be wrong (or fail half-way)."""
+    theirs = proxy_meta.get("tokenised_fingerprint")
+    if theirs is not None and theirs != tokenised_fp:
+        raise S2LError(
+            f"{run_dir.proxy_dir} was trained on a different pool or tokenisation (fingerprint "
+            f"{theirs}; {run_dir.tokenised_meta} has {tokenised_fp}: `s2l prepare` ran since); "
+            "run `s2l train-proxy` first, then `s2l score`"
+        )
 
 
 def checkpoint_steps(
@@ -214,7 +267,7 @@ class TrajectoryRecorder:
         show = progress and self.state.is_main_process
         if show and done:
             print(f"scoring: resuming, {done} of {total} units already scored and skipped")
-        self.bar = tqdm(total=total, initial=done, unit="unit", desc="scoring", disable=not show)
+        self.bar = bar(progress=show, total=total, initial=done, unit="unit", desc="scoring")
         self.started = time.perf_counter()
 
     def unit_path(self, step: int, chunk: int, kind: str = "losses") -> Path:

@@ -9,6 +9,7 @@ bit; a selection whose summary records the same fingerprint is reused.
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -20,10 +21,28 @@ import numpy as np
 from smalltolarge.data import Pool, load_pool, load_saved_pool, write_subset
 from smalltolarge.errors import S2LError
 from smalltolarge.formatting import load_tokenised
-from smalltolarge.runs import RunDir, atomic_write_json, atomic_write_text, fingerprint, read_json
+from smalltolarge.presets import apply_preset
+from smalltolarge.runs import (
+    RunDir,
+    atomic_open,
+    atomic_write_json,
+    atomic_write_text,
+    fingerprint,
+    read_json,
+)
 from smalltolarge.scoring import load_run_trajectories
-from smalltolarge.selection import Signals, Stratified, make_selector, resolve_budget
+from smalltolarge.selection import (
+    Signals,
+    Stratified,
+    accepts,
+    make_selector,
+    resolve_budget,
+    trajectory_diagnostics,
+)
 from smalltolarge.trajectories import align_to_pool, import_trajectories
+
+#: Per-example cluster labels of a selection (``id``, ``cluster``), next to ``ids.txt``.
+CLUSTERS_FILE = "clusters.parquet"
 
 
 @dataclass
@@ -50,6 +69,7 @@ def select_subset(
     trajectory_ids: str | os.PathLike | None = None,
     pool: str | os.PathLike | None = None,
     settings: dict[str, Any] | None = None,
+    preset: str | None = None,
     force: bool = False,
 ) -> SelectionResult:
     """Select ``budget`` examples of the run's pool with ``method`` and write them out.
@@ -60,7 +80,9 @@ def select_subset(
     constructor arguments of the method. By default the run's own trajectories are used;
     ``trajectories`` (+ ``trajectory_ids`` for a ``.npy``) imports ones computed elsewhere (see
     :func:`~smalltolarge.trajectories.import_trajectories`), matched to the pool by id; the
-    pool is the run's, or the file ``pool``.
+    pool is the run's, or the file ``pool``. ``preset="reference"`` selects as the public
+    reference code does: per source, with clusters of at most two rows set aside (see
+    :mod:`smalltolarge.presets`).
     """
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     if trajectories is None:
@@ -70,14 +92,28 @@ def select_subset(
     the_pool, signals = inputs.pool, inputs.signals
 
     n_budget = resolve_budget(budget, len(the_pool), n_selectable=signals.n)
-    stratify = _check_stratify(the_pool, stratify_by)
-    selector = make_selector(method, stratify=stratify, n_clusters=n_clusters, **(settings or {}))
+    defaults = vars(make_selector(method))  # a setting given at its default changes nothing
+    given = {
+        k: v
+        for k, v in {"n_clusters": n_clusters, **(settings or {})}.items()
+        if v is not None and defaults.get(k, object()) != v
+    }
+    selector = make_pool_selector(
+        the_pool,
+        method=method,
+        n_clusters=n_clusters,
+        stratify_by=stratify_by,
+        settings=settings,
+        preset=preset,
+    )
+    stratify = isinstance(selector, Stratified)
     described = {k: v for k, v in vars(selector).items() if not k.endswith("_")}
     if isinstance(selector, Stratified):
         described = {"stratified": True, **vars(selector.selector)}
-    name = name or _default_name(method, budget, seed, stratify)
+    name = name or _default_name(method, budget, seed, stratify, preset, given)
     out = run_dir.selection_dir(name)
     fp = fingerprint(inputs.fingerprint, method, str(described), n_budget, seed, stratify)
+    recorded = _recorded_settings(method, preset, described, budget, seed)
     if not force and (out / "summary.json").is_file():
         summary = read_json(out / "summary.json")
         if summary.get("fingerprint") == fp:
@@ -88,6 +124,7 @@ def select_subset(
                 summary=summary,
                 reused=True,
             )
+        _refuse_other_settings(out, summary.get("selection_settings"), recorded)
 
     picked = selector.select(signals, n_budget, seed)
     selected_pool_index = np.sort(inputs.pool_index[picked])
@@ -97,11 +134,17 @@ def select_subset(
     (out / "summary.json").unlink(missing_ok=True)
     subset_path = write_subset(the_pool, pool_rows, out)
     atomic_write_text(out / "ids.txt", "".join(f"{i}\n" for i in ids))
+    _write_clusters(out / CLUSTERS_FILE, signals.ids, _cluster_labels(selector, signals.n))
     summary = _summary(selector, signals, picked, the_pool, budget=budget, seed=seed)
+    rounded = _budget_rounding_note(budget, len(the_pool), n_budget)
+    if rounded:
+        summary["warnings"].insert(0, rounded)
     summary.update(
         inputs.notes,
         fingerprint=fp,
+        selection_settings=recorded,
         method=method,
+        preset=preset or "default",
         settings=described,
         name=name,
         subset_file=subset_path.name,
@@ -110,6 +153,30 @@ def select_subset(
     )
     atomic_write_json(out / "summary.json", summary)
     return SelectionResult(ids=ids, directory=out, subset_path=subset_path, summary=summary)
+
+
+def make_pool_selector(
+    pool: Pool,
+    *,
+    method: str = "s2l",
+    n_clusters: int | None = None,
+    stratify_by: str | None = None,
+    settings: dict[str, Any] | None = None,
+    preset: str | None = None,
+):
+    """The selector that :func:`select_subset` would use on ``pool``, its settings checked
+    (method, K, the source column of ``stratify_by``, the preset's settings). Cheap: the
+    pipeline calls it before training so that a bad setting fails first, not last."""
+    settings = dict(settings or {})
+    chosen = apply_preset(
+        preset,
+        stratify_by=(stratify_by, None),
+        outlier_max_size=(settings.get("outlier_max_size"), None),
+    )
+    if chosen["outlier_max_size"] is not None and accepts(method, "outlier_max_size"):
+        settings["outlier_max_size"] = chosen["outlier_max_size"]
+    stratify = _check_stratify(pool, chosen["stratify_by"])
+    return make_selector(method, stratify=stratify, n_clusters=n_clusters, **settings)
 
 
 def _check_stratify(pool: Pool, stratify_by: str | None) -> bool:
@@ -127,11 +194,88 @@ def _check_stratify(pool: Pool, stratify_by: str | None) -> bool:
     return True
 
 
-def _default_name(method: str, budget: float | int | str, seed: int, stratify: bool) -> str:
-    b = str(budget).strip().rstrip("%") if isinstance(budget, str) else budget
-    if isinstance(budget, str) and budget.strip().endswith("%"):
-        b = float(b) / 100
-    return f"{method}{'-stratified' if stratify else ''}-{b}-seed{seed}"
+def _default_name(
+    method: str,
+    budget: float | int | str,
+    seed: int,
+    stratify: bool,
+    preset: str | None,
+    given: dict[str, Any],
+) -> str:
+    """``method[-preset][-stratified]-budget[-kK][-setting-value...]-seedS``: every setting
+    the user gave is in the name, so two different selections never share a directory."""
+    mode = f"-{preset}" if preset not in (None, "default") else ""
+    parts = [
+        f"k{value}" if key == "n_clusters" else f"{key.replace('_', '-')}{value}"
+        for key, value in given.items()
+    ]
+    extra = "".join(f"-{part}" for part in parts)
+    strat = "-stratified" if stratify else ""
+    return f"{method}{mode}{strat}-{_budget_label(budget)}{extra}-seed{seed}"
+
+
+def _budget_label(budget: float | int | str) -> str:
+    """One spelling per budget (already checked): ``0.30``, ``0.3`` and ``30%`` are ``0.3``;
+    a count stays a count (``3000``)."""
+    text = str(budget).strip()
+    if text.endswith("%"):
+        return repr(float(text[:-1]) / 100)
+    if isinstance(budget, float) or "." in text or "e" in text.lower():
+        return repr(float(text))
+    return str(int(text))
+
+
+def _recorded_settings(
+    method: str, preset: str | None, described: dict[str, Any], budget, seed: int
+) -> dict[str, Any]:
+    """The settings that make a selection what it is, JSON-normal so that they compare equal
+    to the copy read back from ``summary.json``."""
+    return json.loads(
+        json.dumps(
+            {
+                "method": method,
+                "preset": preset or "default",
+                "settings": described,
+                "budget": _budget_label(budget),
+                "seed": seed,
+            },
+            default=str,
+        )
+    )
+
+
+def _refuse_other_settings(out: Path, theirs: dict[str, Any] | None, ours: dict[str, Any]) -> None:
+    """A selection directory holding a selection made with other settings is never replaced
+    silently (new inputs with the same settings are redone: that is what the cache is for)."""
+    if theirs is None or theirs == ours:
+        return
+    differ = [
+        f"{key} {theirs.get(key)!r} there, {ours[key]!r} now"
+        for key in ours
+        if key != "settings" and theirs.get(key) != ours[key]
+    ]
+    ours_s, theirs_s = ours["settings"], theirs.get("settings") or {}
+    if theirs.get("method") == ours["method"]:  # another method's settings say nothing
+        differ += [
+            f"{key} {theirs_s.get(key)!r} there, {ours_s.get(key)!r} now"
+            for key in sorted(set(ours_s) | set(theirs_s))
+            if theirs_s.get(key) != ours_s.get(key)
+        ]
+    raise S2LError(
+        f"{out} holds a selection made with other settings ({'; '.join(differ)}); pass --force "
+        "to replace it, or --name NAME to write this one elsewhere"
+    )
+
+
+def _budget_rounding_note(budget: float | int | str, n_pool: int, n_budget: int) -> str | None:
+    """A warning when a fractional budget was rounded up to one example."""
+    label = _budget_label(budget)
+    if "." not in label and "e" not in label:
+        return None
+    exact = float(label) * n_pool
+    if exact >= 0.5:
+        return None
+    return f"budget {budget} of {n_pool} examples is {exact:.3g} examples, rounded up to {n_budget}"
 
 
 @dataclass
@@ -187,6 +331,7 @@ def _imported_inputs(run_dir: RunDir, path, ids, pool_path) -> _Inputs:
         "n_scorable": int(len(rows)),
         "n_excluded": int(len(pool) - len(rows)),
         "imported_trajectories": str(path),
+        "excluded_because": "no trajectory, or a non-finite loss",
         **report,
     }
     return _Inputs(
@@ -225,8 +370,26 @@ def _summary(
         if sizes:
             summary["clusters"] = _cluster_summary(np.array(sizes), np.array(taken))
         summary["source_quotas"] = selector.quotas_
+        effective = {
+            name: fitted.n_clusters_
+            for name, fitted in selector.selectors_.items()
+            if hasattr(fitted, "n_clusters_")
+        }
+        if effective:
+            summary["n_clusters_effective"] = effective
     elif hasattr(inner, "cluster_sizes_"):  # S2L, k-means on embeddings
         summary["clusters"] = _cluster_summary(inner.cluster_sizes_, inner.cluster_taken_)
+        summary["n_clusters_effective"] = int(inner.n_clusters_)
+    if hasattr(inner, "n_clusters"):
+        summary["n_clusters_requested"] = int(inner.n_clusters)
+    diagnostics = trajectory_diagnostics(
+        signals.losses,
+        labels=_cluster_labels(selector, signals.n),
+        sources=signals.sources,
+        lengths=signals.lengths,
+    )
+    summary["diagnostics"] = diagnostics
+    summary["warnings"] = [*getattr(selector, "warnings_", []), *diagnostics["warnings"]]
     if signals.sources is not None:
         in_pool = Counter(str(s) for s in signals.sources)
         in_subset = Counter(str(s) for s in signals.sources[picked])
@@ -235,6 +398,39 @@ def _summary(
             for s in sorted(in_pool)
         ]
     return summary
+
+
+def _cluster_labels(selector, n: int) -> np.ndarray | None:
+    """The ``(n,)`` cluster of every row, or None for a method that does not cluster.
+
+    Per-source clusterings are numbered one source after another, so labels stay distinct."""
+    if not isinstance(selector, Stratified):
+        return getattr(selector, "labels_", None)
+    fitted = selector.selectors_
+    if not fitted or not all(hasattr(f, "labels_") for f in fitted.values()):
+        return None
+    labels = np.empty(n, dtype=np.int64)
+    offset = 0
+    for source, rows in selector.rows_.items():
+        # a source with a zero quota was never clustered: it counts as one group
+        local = fitted[source].labels_ if source in fitted else np.zeros(len(rows), np.int64)
+        labels[rows] = local + offset
+        offset += int(local.max()) + 1
+    return labels
+
+
+def _write_clusters(path: Path, ids: np.ndarray, labels: np.ndarray | None) -> None:
+    """Write the cluster of every selectable example (columns ``id``, ``cluster``) as Parquet,
+    for reports; a method that does not cluster leaves no file (a stale one is removed)."""
+    if labels is None:
+        path.unlink(missing_ok=True)
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"id": [str(i) for i in ids], "cluster": np.asarray(labels, np.int64)})
+    with atomic_open(path) as f:
+        pq.write_table(table, f)
 
 
 def _cluster_summary(sizes: np.ndarray, taken: np.ndarray) -> dict[str, Any]:

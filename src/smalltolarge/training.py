@@ -18,7 +18,34 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from smalltolarge.errors import S2LError
+from smalltolarge.progress import bar
+
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def check_training_settings(
+    *,
+    epochs: float,
+    learning_rate: float | None,
+    batch_size: int | None,
+    grad_accum: int,
+    warmup_ratio: float,
+    save_steps: int | None = None,
+) -> None:
+    """Refuse settings that would fail deep inside the Trainer, or train nothing (proxy and
+    target alike; None for ``learning_rate`` or ``batch_size`` means the stage's default)."""
+    for name, value in (("batch_size", batch_size), ("grad_accum", grad_accum)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise S2LError(f"{name} must be a positive integer, not {value!r}")
+    if not epochs > 0:
+        raise S2LError(f"epochs must be positive, not {epochs!r}")
+    if learning_rate is not None and not learning_rate > 0:
+        raise S2LError(f"learning_rate must be positive, not {learning_rate!r}")
+    if not 0 <= warmup_ratio < 1:
+        raise S2LError(f"warmup_ratio must be in [0, 1), not {warmup_ratio!r}")
+    if save_steps is not None and (not isinstance(save_steps, int) or save_steps < 1):
+        raise S2LError(f"save_steps must be a positive integer, not {save_steps!r}")
 
 
 def training_arguments(
@@ -119,9 +146,12 @@ class LossProgressCallback(ProgressCallback):
         self.description = description
 
     def on_train_begin(self, args, state, control, **kwargs):
-        super().on_train_begin(args, state, control, **kwargs)
-        if self.training_bar is not None:
-            self.training_bar.set_description(self.description)
+        # Trainer's own bar draws into a log file too; this one only on a terminal.
+        if state.is_world_process_zero:
+            self.training_bar = bar(
+                progress=True, total=state.max_steps, dynamic_ncols=True, desc=self.description
+            )
+        self.current_step = 0
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and self.training_bar is not None and logs:

@@ -101,19 +101,21 @@ class Trajectories:
         pool_fingerprint: str,
         tokenised_fingerprint: str | None = None,
         where: str = "trajectories",
+        next_step: str | None = None,
     ) -> None:
-        """Refuse trajectories computed on another pool (or another tokenisation of it)."""
+        """Refuse trajectories computed on another pool (or another tokenisation of it); the
+        message ends with ``next_step`` (default: re-run `s2l score`)."""
         theirs = self.meta.get("pool_fingerprint")
         if theirs != pool_fingerprint:
             raise S2LError(
                 f"{where} were computed on a different pool (fingerprint {theirs}, this pool "
-                f"has {pool_fingerprint}); re-run `s2l score` on this pool"
+                f"has {pool_fingerprint}); " + (next_step or "re-run `s2l score` on this pool")
             )
         theirs = self.meta.get("tokenised_fingerprint")
         if tokenised_fingerprint is not None and theirs != tokenised_fingerprint:
             raise S2LError(
                 f"{where} were computed on a different tokenisation of this pool (template, "
-                f"max_length or tokenizer changed); re-run `s2l score`"
+                f"max_length or tokenizer changed); " + (next_step or "re-run `s2l score`")
             )
 
 
@@ -153,7 +155,11 @@ def import_trajectories(
             loss_columns = [
                 c
                 for c in table.column_names
-                if c != id_column and any(is_(table.schema.field(c).type) for is_ in numeric)
+                if c != id_column
+                and (
+                    any(is_(table.schema.field(c).type) for is_ in numeric)
+                    or _mostly_numbers(table.column(c).to_pylist())
+                )
             ]
         missing = [c for c in loss_columns if c not in table.column_names]
         if missing or not loss_columns:
@@ -161,12 +167,7 @@ def import_trajectories(
                 f"{path}: loss columns {missing or '(none found)'} not in {table.column_names}"
             )
         names = list(loss_columns)
-        try:
-            losses = np.column_stack(
-                [table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in names]
-            )
-        except (TypeError, ValueError) as e:
-            raise S2LError(f"{path}: loss columns must be numeric ({e})") from None
+        losses = np.column_stack([_loss_column(table, c, path) for c in names])
         id_list = [str(i) for i in table.column(id_column).to_pylist()]
     if len(id_list) != losses.shape[0]:
         raise S2LError(f"{path}: {losses.shape[0]} rows of losses but {len(id_list)} ids")
@@ -186,6 +187,36 @@ def import_trajectories(
             "columns": [names[i] for i in order],
         },
     )
+
+
+def _mostly_numbers(values: list[Any]) -> bool:
+    """A text column whose cells are mostly numbers is a loss column with a few bad cells
+    (a CSV reader falls back to text for the whole column): it must be refused, not dropped."""
+    given = [v for v in values if v not in (None, "")]
+    return bool(given) and sum(_is_number(v) for v in given) > len(given) / 2
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _loss_column(table: pa.Table, column: str, path: Path) -> np.ndarray:
+    """One loss column as float64; a cell that is not a number is refused by row and column."""
+    kind = table.schema.field(column).type
+    if pa.types.is_floating(kind) or pa.types.is_integer(kind):
+        return table.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
+    values = table.column(column).to_pylist()
+    for row, value in enumerate(values):
+        if value is not None and not _is_number(value):
+            raise S2LError(
+                f"{path}: row {row + 1}, column '{column}': {value!r} is not a number "
+                "(loss columns must be numeric; fix or remove that row)"
+            )
+    return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
 
 
 def align_to_pool(
