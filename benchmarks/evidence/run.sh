@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The evidence benchmark, end to end and resumable: the main grid (S2L, baselines, random at
+# several budgets), the full pool and the untrained target (on the other core), then random's
+# calibration curve and the paired comparisons. Outputs and logs under runs/benchmarks/evidence/.
+#   bash benchmarks/evidence/run.sh              # main grid + full pool + calibration
+#   bash benchmarks/evidence/run.sh proxy-small  # then also the proxy comparison
+# The published figures ran each experiment on one core of a 2-core machine (main grid on core
+# 0, full pool on core 1), one torch thread each:
+#   OMP_NUM_THREADS=1 bash benchmarks/evidence/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+S2L=${S2L:-.venv/bin/s2l}
+PY=${PY:-.venv/bin/python}
+OUT=runs/benchmarks/evidence
+mkdir -p "$OUT"
+stamp() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/timings.log"; }
+# One core per experiment when there are two or more (taskset is in util-linux).
+on_core() { if command -v taskset >/dev/null && [ "$(nproc --all)" -ge 2 ]; then taskset -c "$1" "${@:2}"; else "${@:2}"; fi; }
+
+stamp "start: $(nproc --all) CPUs, OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset}"
+"$PY" benchmarks/evidence/make_eval.py --out "$OUT/eval.jsonl"
+if [ ! -f "$OUT/target-small/s2l_init.json" ]; then
+  stamp "untrained target"
+  "$S2L" init-model small src/smalltolarge/bundled/demo_pool.jsonl -o "$OUT/target-small"
+fi
+
+stamp "full pool + untrained target (core 1), main grid (core 0)"
+( on_core 1 "$S2L" experiment benchmarks/evidence/full.yaml > "$OUT/full.log" 2>&1
+  stamp "full pool done" ) &
+full=$!
+on_core 0 "$S2L" experiment benchmarks/evidence/main.yaml > "$OUT/main.log" 2>&1
+stamp "main grid done"
+wait "$full"
+"$PY" benchmarks/evidence/merge_full.py "$OUT"
+# Every run is in results.csv now: this only writes calibration.md and re-makes the tables.
+"$S2L" experiment benchmarks/evidence/main.yaml --calibrate > "$OUT/calibrate.log" 2>&1
+stamp "calibration and comparisons written: $OUT/main/{results,calibration}.md"
+
+if [ "${1:-}" = proxy-small ]; then
+  stamp "proxy comparison: the target's own architecture as the proxy"
+  on_core 0 "$S2L" experiment benchmarks/evidence/proxy-small.yaml > "$OUT/proxy-small.log" 2>&1
+  stamp "proxy comparison done"
+fi
+stamp "done"
