@@ -44,7 +44,7 @@ def score_args(run: RunDir, *extra: str, processes: int = 1) -> list[str]:
             "--num_processes",
             str(processes),
             "--main_process_port",
-            "29533",
+            str(_free_port()),
             "-m",
             "smalltolarge.cli",
         ]
@@ -59,6 +59,15 @@ def score_args(run: RunDir, *extra: str, processes: int = 1) -> list[str]:
         CHUNK,
         *extra,
     ]
+
+
+def _free_port() -> int:
+    """A TCP port nobody listens on now, so parallel runs of the suite do not collide."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def run_ok(args: list[str]) -> subprocess.CompletedProcess:
@@ -81,10 +90,21 @@ def test_plan_chunks_covers_every_example_once_longest_first():
     assert [c.tolist() for c in plan_chunks(lengths, 60)] == [c.tolist() for c in chunks]
 
 
-def score_in_subprocess(run: RunDir, *extra: str) -> tuple[np.ndarray, np.ndarray]:
-    """A single-process scoring run with the same thread settings as the launched ones (the
-    thread count changes the order of floating-point sums, so it is held fixed)."""
-    run_ok(score_args(run, "--force", *extra))
+def score_in_process(run: RunDir, max_tokens: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A single-process scoring run in this process, with one torch thread like the launched
+    ones (the thread count changes the order of floating-point sums, so it is held fixed);
+    in-process, it saves the start-up of a Python with torch and transformers."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        extra = {} if max_tokens is None else {"max_tokens": max_tokens}
+        score_trajectories(
+            run, precision="fp32", chunk_tokens=int(CHUNK), force=True, progress=False, **extra
+        )
+    finally:
+        torch.set_num_threads(threads)
     return (
         np.load(run.trajectories_dir / "losses.npy"),
         np.load(run.trajectories_dir / "embeddings.npy"),
@@ -92,7 +112,7 @@ def score_in_subprocess(run: RunDir, *extra: str) -> tuple[np.ndarray, np.ndarra
 
 
 def test_two_processes_give_the_single_process_matrix(run_copy, tmp_path):
-    expected, expected_emb = score_in_subprocess(run_copy)
+    expected, expected_emb = score_in_process(run_copy)
     run_ok(score_args(run_copy, "--force", processes=2))
     meta = json.loads((run_copy.trajectories_dir / "meta.json").read_text())
     assert meta["processes"] == 2
@@ -102,7 +122,7 @@ def test_two_processes_give_the_single_process_matrix(run_copy, tmp_path):
 
 
 def test_sigkill_then_resume_recomputes_only_unfinished_units(run_copy):
-    expected, _ = score_in_subprocess(run_copy, "--max-tokens", "64")
+    expected, _ = score_in_process(run_copy, max_tokens=64)
     parts = run_copy.trajectories_dir / "parts"
     args = score_args(run_copy, "--max-tokens", "64", "--force")
     victim = subprocess.Popen(args, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
