@@ -354,3 +354,22 @@ def test_calibration_runs_random_at_both_ends_and_the_full_pool(config, tmp_path
     warned = "cannot separate selection methods" in report
     assert warned == (gain < 2 * max(widths))
     assert warned == ("cannot separate selection methods" in calibration)
+
+
+def test_methods_entries_take_a_preset_and_refuse_an_unknown_one(tmp_path):
+    from smalltolarge.experiment import _method_run, load_config
+
+    base = {
+        "name": "p",
+        "pool": "bundled:demo_pool",
+        "eval": "bundled:demo_eval",
+        "target": {"model": "tiny-target"},
+        "out_dir": str(tmp_path),
+    }
+    entry = {"method": "s2l", "label": "s2l-ref", "preset": "reference", "budgets": [0.1]}
+    cfg = load_config({**base, "methods": [entry]})
+    (spec,) = cfg.methods
+    assert spec.preset == "reference" and spec.label == "s2l-ref"
+    assert _method_run(cfg, spec, 0.1, 0).preset == "reference"
+    with pytest.raises(S2LError, match="preset 'paper' is not one of"):
+        load_config({**base, "methods": [{**entry, "preset": "paper"}]})

@@ -67,6 +67,10 @@ Config keys (YAML file or dict; an unknown key at any level is an error)::
                                      #   the baseline of the paired comparisons.
                                      # stratify: true selects per source (column stratify_by,
                                      #   else "source"), false globally; absent: stratify_by
+                                     # preset: reference selects with the reference code's
+                                     #   rules (per source, clusters of <= 2 rows set aside);
+                                     #   the proxy's template and scoring are the proxy
+                                     #   section's (see smalltolarge.presets)
     full_pool: true                  # also fine-tune once on the whole pool (first seed)
     evaluate_base: false             # also evaluate the untrained target once
     stratify_by: null                # default for entries without stratify: select per source
@@ -120,6 +124,7 @@ from smalltolarge.evaluate import METRICS, evaluate
 from smalltolarge.finetune import finetune
 from smalltolarge.formatting import TEMPLATES
 from smalltolarge.prepare import prepare
+from smalltolarge.presets import PRESETS
 from smalltolarge.proxy import train_proxy
 from smalltolarge.runs import RunDir, atomic_write_json, atomic_write_text, fingerprint, read_json
 from smalltolarge.scoring import score_trajectories
@@ -203,14 +208,15 @@ _SECTIONS: dict[str, dict[str, Any]] = {
         "template": None,
     },
 }
-_METHOD_KEYS = ("method", "budgets", "seeds", "settings", "label", "stratify")
+_METHOD_KEYS = ("method", "budgets", "seeds", "settings", "label", "stratify", "preset")
 
 
 @dataclass(frozen=True)
 class MethodSpec:
     """One ``methods`` entry: a selection method, its budgets, seeds and constructor settings;
     ``label`` names it in results (default: the method), ``stratify`` (None: the config's
-    ``stratify_by``) selects per source or globally."""
+    ``stratify_by``) selects per source or globally, ``preset`` (e.g. ``"reference"``) applies
+    a :mod:`smalltolarge.presets` bundle to the selection."""
 
     method: str
     budgets: tuple[float | int | str, ...]
@@ -218,6 +224,7 @@ class MethodSpec:
     settings: dict[str, Any] = field(default_factory=dict)
     label: str = ""
     stratify: bool | None = None
+    preset: str | None = None
 
     def __post_init__(self) -> None:
         if not self.label:
@@ -503,7 +510,10 @@ def _method_spec(entry: Any, k: int) -> MethodSpec:
     stratify = entry.get("stratify")
     if stratify is not None and not isinstance(stratify, bool):
         raise S2LError(f"{where}.stratify must be true or false, not {stratify!r}")
-    return MethodSpec(method, budgets, seeds, dict(settings), label, stratify)
+    preset = entry.get("preset")
+    if preset is not None and preset not in PRESETS:
+        raise S2LError(f"{where}.preset {preset!r} is not one of {', '.join(PRESETS)}")
+    return MethodSpec(method, budgets, seeds, dict(settings), label, stratify, preset)
 
 
 def _check_labels(methods: tuple[MethodSpec, ...]) -> None:
@@ -511,10 +521,11 @@ def _check_labels(methods: tuple[MethodSpec, ...]) -> None:
     first: dict[str, MethodSpec] = {}
     for spec in methods:
         other = first.setdefault(spec.label, spec)
-        if (other.method, other.settings, other.stratify) != (
+        if (other.method, other.settings, other.stratify, other.preset) != (
             spec.method,
             spec.settings,
             spec.stratify,
+            spec.preset,
         ):
             raise S2LError(
                 f"two methods entries are labelled {spec.label!r} but select differently "
@@ -640,6 +651,8 @@ def _check_same_settings(cfg: ExperimentConfig, pool: Pool, eval_pool: Pool, csv
             "method": spec.method,
             "settings": spec.settings,
             "stratify_by": _stratify_by(cfg, spec),
+            # only when set, so that results made before the key existed still resume
+            **({"preset": spec.preset} if spec.preset else {}),
         }
         for spec in cfg.methods
     }
@@ -674,6 +687,7 @@ class _Run:
     settings: dict[str, Any] = field(default_factory=dict)
     selector: str = ""
     stratify_by: str | None = None
+    preset: str | None = None
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -711,7 +725,14 @@ def _planned_runs(cfg: ExperimentConfig) -> list[_Run]:
 
 def _method_run(cfg: ExperimentConfig, spec: MethodSpec, budget: Any, seed: int) -> _Run:
     return _Run(
-        spec.label, str(budget), seed, budget, spec.settings, spec.method, _stratify_by(cfg, spec)
+        spec.label,
+        str(budget),
+        seed,
+        budget,
+        spec.settings,
+        spec.method,
+        _stratify_by(cfg, spec),
+        spec.preset,
     )
 
 
@@ -802,6 +823,7 @@ def _do_run(
                 n_clusters=n_clusters,
                 stratify_by=run.stratify_by,
                 settings=settings,
+                preset=run.preset,
                 name=run.name,
             ).directory
         train_started = time.perf_counter()
