@@ -17,7 +17,6 @@ from smalltolarge.errors import S2LError
 from smalltolarge.formatting import (
     TEMPLATES,
     TokenisedPool,
-    format_prompt,
     load_tokenised,
     save_tokenised,
     tokenise_pool,
@@ -28,7 +27,7 @@ from smalltolarge.models import (
     is_preset,
     load_tokenizer,
     tokenizer_fingerprint,
-    train_bpe_tokenizer,
+    train_pool_tokenizer,
 )
 from smalltolarge.presets import apply_preset
 from smalltolarge.progress import quiet_libraries_unless_progress
@@ -151,12 +150,7 @@ def _proxy_tokenizer(pool: Pool, run_dir: RunDir, proxy: str, template: str):
     if _meta_fingerprint(marker) == fp:
         return load_tokenizer(run_dir.tokenizer_dir)
     if is_preset(proxy):
-        ds = pool.dataset
-        texts = (
-            format_prompt(ins, inp, template=template) + resp
-            for ins, inp, resp in zip(ds["instruction"], ds["input"], ds["response"], strict=True)
-        )
-        tokenizer = train_bpe_tokenizer(texts, PRESETS[proxy].vocab_size)
+        tokenizer = train_pool_tokenizer(pool, PRESETS[proxy].vocab_size, template=template)
     else:
         tokenizer = load_tokenizer(proxy)
     with atomic_dir(run_dir.tokenizer_dir) as tmp:
