@@ -62,6 +62,25 @@ def test_help_lists_the_stages():
         assert command in out
 
 
+def test_no_help_text_is_swallowed_as_rich_markup():
+    """``--help`` is rendered by rich, which drops a ``[word ...]`` it takes for a style tag
+    (a hand-written ``[default: x]`` vanished that way): no option's help may contain one."""
+    import re
+
+    import typer.main
+
+    from smalltolarge.cli import app
+
+    group = typer.main.get_command(app)
+    swallowed = [
+        f"{name} {param.name}: {param.help}"
+        for name, command in group.commands.items()
+        for param in command.params
+        if re.search(r"\[[a-z]", getattr(param, "help", None) or "")
+    ]
+    assert not swallowed
+
+
 def test_end_to_end_run_then_reuse(monkeypatch, capsys, pool_file, tmp_path):
     run_dir = tmp_path / "run"
     code, out, err = s2l(

@@ -522,7 +522,7 @@ def evaluate_cmd(
     max_length: Annotated[
         int | None,
         typer.Option(
-            help="--metric loss: tokens per example, as in fine-tuning [default: 512].",
+            help="--metric loss: tokens per example, as in fine-tuning (default: 512).",
             show_default=False,
         ),
     ] = None,
@@ -647,7 +647,7 @@ def init_model_cmd(
     out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="Directory to write.")],
     vocab_size: Annotated[
         int | None,
-        typer.Option(help="Tokenizer vocabulary [default: the preset's].", show_default=False),
+        typer.Option(help="Tokenizer vocabulary (default: the preset's).", show_default=False),
     ] = None,
     seed: Annotated[int, typer.Option(help="Weight initialisation seed.")] = 0,
 ) -> None:
@@ -669,7 +669,7 @@ def report_cmd(
     run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
     selection: Annotated[
         str | None,
-        typer.Option(help="Selection name [default: the latest].", show_default=False),
+        typer.Option(help="Selection name (default: the latest).", show_default=False),
     ] = None,
 ) -> None:
     """A self-contained HTML page of a selection (cluster curves, data map, source mix,
@@ -688,7 +688,7 @@ def export_cmd(
     out: Annotated[
         Path | None,
         typer.Option(
-            "--out", "-o", help="Directory [default: SELECTION/export/FORMAT].", show_default=False
+            "--out", "-o", help="Directory (default: SELECTION/export/FORMAT).", show_default=False
         ),
     ] = None,
 ) -> None:
@@ -711,7 +711,7 @@ def estimate_cmd(
     epochs: EpochsOpt = 3.0,
     target_epochs: Annotated[
         float | None,
-        typer.Option(help="Target fine-tuning epochs [default: --epochs].", show_default=False),
+        typer.Option(help="Target fine-tuning epochs (default: --epochs).", show_default=False),
     ] = None,
     budget: Annotated[
         str, typer.Option(help="Budgets, comma-separated: fractions (0.1,0.3) or counts.")
@@ -721,14 +721,14 @@ def estimate_cmd(
     tokens_per_second: Annotated[
         float | None,
         typer.Option(
-            help="Proxy training tokens/s per device [default: measure a short probe here].",
+            help="Proxy training tokens/s per device (default: measure a short probe here).",
             show_default=False,
         ),
     ] = None,
     target_tokens_per_second: Annotated[
         float | None,
         typer.Option(
-            help="Target fine-tuning tokens/s per device [default: the proxy's FLOP/s].",
+            help="Target fine-tuning tokens/s per device (default: the proxy's FLOP/s).",
             show_default=False,
         ),
     ] = None,
@@ -758,13 +758,13 @@ def estimate_cmd(
 def curve_cmd(
     results_dir: Annotated[Path, typer.Argument(help="An experiment's out_dir (results.csv).")],
     metric: Annotated[
-        str | None, typer.Option(help="Only this metric [default: all].", show_default=False)
+        str | None, typer.Option(help="Only this metric (default: all).", show_default=False)
     ] = None,
     tolerance: Annotated[
         float | None,
         typer.Option(
-            help="Within this much of the full pool, in the metric's units [default: 0.01 "
-            "(1 point); the loss: 1% of the full pool's].",
+            help="Within this much of the full pool, in the metric's units (default: 0.01, "
+            "1 point; the loss: 1% of the full pool's).",
             show_default=False,
         ),
     ] = None,
