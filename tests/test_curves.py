@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from smalltolarge.cli import main
-from smalltolarge.curves import fit_learning_curves, write_learning_curves
+from smalltolarge.curves import curves_markdown, fit_learning_curves, write_learning_curves
 from smalltolarge.errors import S2LError
 from smalltolarge.experiment import RESULT_COLUMNS
 
@@ -69,6 +69,16 @@ def test_refuses_to_extrapolate_below_the_smallest_budget(tmp_path):
     fit = next(f for f in fit_learning_curves(tmp_path, resamples=100) if f.method == "flat")
     assert fit.x_needed is None
     assert "extrapolation" in fit.note and "0.2" in fit.note
+
+
+def test_flags_a_budget_read_across_an_unmeasured_gap(tmp_path):
+    # measured at 5% and 10% only: the budget needed (~0.8) lies in the gap up to the full pool
+    b, c = 0.05, 0.8
+    _write(tmp_path, {"s2l": (b, c)}, budgets=(0.05, 0.1))
+    fit = next(f for f in fit_learning_curves(tmp_path, resamples=100) if f.method == "s2l")
+    assert fit.x_needed == pytest.approx((1 + 0.01 / b) ** (-1 / c), rel=0.05)
+    assert fit.note.startswith("interpolated") and "0.1 of the pool" in fit.note
+    assert f"~{fit.x_needed:.3g}" in curves_markdown([fit])
 
 
 def test_loss_metric_uses_a_relative_tolerance(tmp_path):

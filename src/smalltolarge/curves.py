@@ -21,7 +21,10 @@ The budget needed is the smallest ``x`` whose predicted shortfall is within ``to
 ``x* = (1 + tolerance / b) ** (-1 / c)``. Its 95% interval comes from a bootstrap over seeds
 (each budget's seeds, and the full pool's, resampled with replacement, the curve refitted).
 An ``x*`` below the smallest measured budget is not reported as a number: the curve is not
-extrapolated beyond the measured budgets, and the result says so.
+extrapolated beyond the measured budgets, and the result says so. An ``x*`` more than
+``GAP_RATIO`` times the largest measured budget (with nothing measured between it and the full
+pool) is reported, marked ``~`` and noted: there the family's shape, not a measurement, places
+it, and the interval (seed noise only) understates the uncertainty.
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ from smalltolarge.runs import atomic_open, atomic_write_text
 #: Exponents ``c`` tried by the fit (for each, the best ``b`` has a closed form).
 _EXPONENTS = np.geomspace(0.02, 10.0, 600)
 RESAMPLES = 1000
+#: A budget needed more than this many times the largest measured budget is flagged as read
+#: across an unmeasured gap (it stays in the table, marked "~").
+GAP_RATIO = 2.0
+GAP_NOTE = "interpolated"
 
 
 @dataclass
@@ -160,12 +167,19 @@ def _fit_method(method, metric, budgets, full_values, n_full, tol, lower, rng, r
         boot[r] = _fit(xs, sign * (means_r - full_r))
     stars = np.asarray([_x_needed(bb, cc, tol) for bb, cc in boot])
     lo, hi = np.percentile(stars, [2.5, 97.5])
-    x_min = float(xs.min())
+    x_min, x_max = float(xs.min()), float(xs.max())
     note = ""
     if x_star < x_min:
         note = (
             f"the curve is within tolerance already at the smallest measured budget "
             f"({x_min:.3g} of the pool); a smaller budget would be an extrapolation, not reported"
+        )
+    elif x_star > GAP_RATIO * x_max:
+        note = (
+            f"{GAP_NOTE} between the largest measured budget ({x_max:.3g} of the pool) and the "
+            f"full pool: the budget needed ({x_star:.3g}) is read off the curve family's shape "
+            f"across an unmeasured gap, and its interval holds seed noise only; measure a budget "
+            f"near it before relying on it"
         )
     return CurveFit(
         **base,
@@ -207,7 +221,8 @@ def curves_markdown(fits: list[CurveFit]) -> str:
         if f.x_needed is None:
             needed = f"< {f.points[0][0]:.3g}" if f.note.startswith("the curve") else "-"
         else:
-            needed = f"{f.x_needed:.3g} ({f.n_needed} examples)"
+            approx = "~" if f.note.startswith(GAP_NOTE) else ""
+            needed = f"{approx}{f.x_needed:.3g} ({f.n_needed} examples)"
         lo, hi = f.x_interval
         interval = (
             "-"
