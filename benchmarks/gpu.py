@@ -23,8 +23,8 @@ What it measures, each for a limited time (so the run fits in 8 minutes on one H
 (non-pad) tokens per second, after a warm-up:
 
 - ``scoring``, per shape and method: ``ref``, the reference method (one example at a time,
-  fp32, ``model(ids, labels=...).loss`` as :func:`smalltolarge.scoring.reference_loss`), on a
-  random sample, for ``--ref-seconds``; ``ours``, :func:`smalltolarge.scoring.score_model` in
+  fp32, ``model(ids, labels=...).loss`` as :func:`smalltolarge.losses.reference_loss`), on a
+  random sample, for ``--ref-seconds``; ``ours``, :func:`smalltolarge.losses.score_model` in
   bf16 autocast over :func:`length_batches` of ``max_tokens`` tokens (each budget of
   ``--max-tokens``), batches taken in a seeded random order for ``--seconds``; ``forward``, a
   plain ``model(input_ids, attention_mask).logits`` in bf16 autocast over the very batches
@@ -76,13 +76,13 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM  # noqa: E402
 from smalltolarge.data import load_pool  # noqa: E402
 from smalltolarge.demo_data import DEMO_POOL  # noqa: E402
 from smalltolarge.formatting import TokenArrays, length_batches, tokenise_pool  # noqa: E402
+from smalltolarge.losses import score_model  # noqa: E402
 from smalltolarge.models import (  # noqa: E402
     REFERENCE_BATCH_SIZE,
     count_parameters,
     train_pool_tokenizer,
 )
 from smalltolarge.runs import fingerprint  # noqa: E402
-from smalltolarge.scoring import score_model  # noqa: E402
 from smalltolarge.training import EpochSeededLengthGroupedSampler  # noqa: E402
 
 
@@ -497,7 +497,7 @@ def rate_fields(tokens: int, seconds: float, flops_per_token: float, peak: float
 
 
 def reference_loss_on(model, arrays: TokenArrays, i: int, device: torch.device) -> float:
-    """Example ``i``'s loss as :func:`smalltolarge.scoring.reference_loss` computes it (one
+    """Example ``i``'s loss as :func:`smalltolarge.losses.reference_loss` computes it (one
     example, fp32, ``model(ids, labels=...).loss``), with the tensors on ``device``."""
     ids = torch.as_tensor(
         arrays.values[arrays.offsets[i] : arrays.offsets[i + 1]], dtype=torch.long

@@ -19,8 +19,8 @@ the methods interleaved, and the minima are summed: that keeps the load of other
 of the numbers far better than timing whole passes):
 
 - ``ref``: the reference method, one example at a time, fp32, ``model(ids, labels=...).loss``
-  (:func:`smalltolarge.scoring.reference_loss`), on ``--n-ref`` of the examples;
-- ``ours``: :func:`smalltolarge.scoring.score_model` over :func:`length_batches` in
+  (:func:`smalltolarge.losses.reference_loss`), on ``--n-ref`` of the examples;
+- ``ours``: :func:`smalltolarge.losses.score_model` over :func:`length_batches` in
   ``--precision`` (``auto``: bf16 where the CPU has native bf16, else fp32);
 - ``forward``: the same model over the same batches in the same precision, built the same way
   (``TokenArrays.batch``), ``model(input_ids, attention_mask).logits`` under inference mode.
@@ -79,6 +79,7 @@ from smalltolarge.formatting import (  # noqa: E402
     length_batches,
     tokenise_pool,
 )
+from smalltolarge.losses import DEFAULT_MAX_TOKENS, reference_loss, score_model  # noqa: E402
 from smalltolarge.models import (  # noqa: E402
     PRESETS,
     autocast_dtype,
@@ -89,7 +90,6 @@ from smalltolarge.models import (  # noqa: E402
     train_bpe_tokenizer,
 )
 from smalltolarge.runs import list_checkpoints  # noqa: E402
-from smalltolarge.scoring import DEFAULT_MAX_TOKENS, reference_loss, score_model  # noqa: E402
 
 MODELS = ("tiny", "smollm2")
 DATA = ("demo", "gsm8k")

@@ -13,7 +13,7 @@ so that the load of other processes on a shared machine falls on all of them ali
 
 - ``params``: parameters (the tied embedding/head counted once);
 - ``forward_tok_s``: real (non-pad) tokens per second of the trajectory scorer
-  (:func:`smalltolarge.scoring.score_model`) over the first ``--n-eval`` examples (each
+  (:func:`smalltolarge.losses.score_model`) over the first ``--n-eval`` examples (each
   length batch timed ``--repeats`` times, minima summed);
 - ``loss_before``: their mean response loss (nats/token, mean over examples) of the cut model as
   it is, before any fine-tuning: how far the pretrained head is from the cut model's features;
@@ -50,6 +50,7 @@ import torch  # noqa: E402
 from smalltolarge.data import load_pool  # noqa: E402
 from smalltolarge.demo_data import DEMO_POOL  # noqa: E402
 from smalltolarge.formatting import TokenArrays, length_batches, tokenise_pool  # noqa: E402
+from smalltolarge.losses import score_model  # noqa: E402
 from smalltolarge.models import (  # noqa: E402
     autocast_dtype,
     count_parameters,
@@ -57,7 +58,6 @@ from smalltolarge.models import (  # noqa: E402
     load_tokenizer,
     resolve_precision,
 )
-from smalltolarge.scoring import score_model  # noqa: E402
 from smalltolarge.truncate import truncate_layers  # noqa: E402
 
 MODEL = "smollm2-135m"

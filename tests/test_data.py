@@ -166,7 +166,7 @@ def test_hub_name_failure_is_one_line(monkeypatch):
         raise ConnectionError(f"Couldn't reach '{name}' on the Hub\n(more detail)")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    monkeypatch.setattr("smalltolarge.data.check_hub_name", lambda name, kind: None)
+    monkeypatch.setattr("smalltolarge.readers.check_hub_name", lambda name, kind: None)
     with pytest.raises(S2LError) as info:
         load_pool("someorg/somedata", split="test")
     assert str(info.value) == (
@@ -453,6 +453,48 @@ def test_duplicate_ids_name_both_locations(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# extra columns
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "writer", "missing"),
+    [
+        ("p.jsonl", write_jsonl, None),
+        ("p.parquet", write_parquet, None),
+        ("p.csv", write_csv, ""),
+    ],
+)
+def test_extra_columns_follow_the_valid_examples(tmp_path, name, writer, missing):
+    records = [
+        {"question": "q1", "answer": "a1", "final": 1, "note": "x"},
+        {"question": "q2", "answer": "", "final": 2, "note": "y"},
+        {"question": "q3", "answer": "a3", "final": None, "note": "z"},
+    ]
+    with pytest.warns(UserWarning, match="skipped 1 invalid"):
+        pool = load_pool(
+            writer(tmp_path / name, records),
+            on_invalid="skip",
+            extra_columns=["final", "absent", "final"],
+        )
+    assert pool.input_columns == ["question", "answer", "final", "note"]
+    assert set(pool.extra) == {"final"}
+    expected = ["1", missing] if name.endswith(".csv") else [1, None]
+    assert pool.extra["final"] == expected
+    assert len(pool.extra["final"]) == len(pool)
+
+
+def test_extra_column_absent_from_a_record_reads_as_none(tmp_path):
+    records = [
+        {"instruction": "a", "output": "1", "answer": "1"},
+        {"instruction": "b", "output": "2"},
+    ]
+    pool = load_pool(write_jsonl(tmp_path / "p.jsonl", records), extra_columns=["answer"])
+    assert pool.extra == {"answer": ["1", None]}
+    assert load_pool(tmp_path / "p.jsonl").extra == {}
+
+
+# --------------------------------------------------------------------------------------------
 # saving and subsets
 # --------------------------------------------------------------------------------------------
 
@@ -475,7 +517,15 @@ def test_save_and_load_saved_pool(tmp_path):
         loaded.schema,
         loaded.fingerprint,
         loaded.skipped,
-    ) == (pool.source_path, pool.format, pool.schema, pool.fingerprint, pool.skipped)
+        loaded.input_columns,
+    ) == (
+        pool.source_path,
+        pool.format,
+        pool.schema,
+        pool.fingerprint,
+        pool.skipped,
+        pool.input_columns,
+    )
     save_pool(loaded, run_dir)  # overwriting the directory it is memory-mapped from is safe
     assert load_saved_pool(run_dir).ids == pool.ids
 

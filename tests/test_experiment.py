@@ -254,7 +254,7 @@ def test_overlapping_eval_is_refused_before_training(tmp_path, config, pool_file
         ({"methods": [{"method": "nope", "budgets": [0.1]}]}, "unknown selection method 'nope'"),
         ({"methods": [{"method": "random", "budgets": [0.1], "seed": [0]}]}, r"methods\[0\]"),
         ({"methods": [{"method": "random", "budgets": [0.1], "settings": {"k": 2}}]}, "take"),
-        ({"evaluation": {"metric": "bleu"}}, "evaluation.metric"),
+        ({"evaluation": {"metric": "bleu"}}, "evaluation: unknown metric 'bleu'"),
         ({"methods": [{"method": "s2l", "budgets": [0.1], "label": "a b"}]}, "label"),
         ({"methods": [{"method": "s2l", "budgets": [0.1], "label": "random"}]}, "baseline"),
         ({"methods": [{"method": "s2l", "budgets": [0.1], "stratify": "yes"}]}, "stratify"),
@@ -357,7 +357,8 @@ def test_calibration_runs_random_at_both_ends_and_the_full_pool(config, tmp_path
 
 
 def test_methods_entries_take_a_preset_and_refuse_an_unknown_one(tmp_path):
-    from smalltolarge.experiment import _method_run, load_config
+    from smalltolarge.experiment import load_config
+    from smalltolarge.experiment.plan import method_run
 
     base = {
         "name": "p",
@@ -370,6 +371,6 @@ def test_methods_entries_take_a_preset_and_refuse_an_unknown_one(tmp_path):
     cfg = load_config({**base, "methods": [entry]})
     (spec,) = cfg.methods
     assert spec.preset == "reference" and spec.label == "s2l-ref"
-    assert _method_run(cfg, spec, 0.1, 0).preset == "reference"
+    assert method_run(cfg, spec, 0.1, 0).preset == "reference"
     with pytest.raises(S2LError, match="preset 'paper' is not one of"):
         load_config({**base, "methods": [{**entry, "preset": "paper"}]})

@@ -23,9 +23,9 @@ from smalltolarge.demo_data import DEMO_POOL
 from smalltolarge.errors import S2LError
 from smalltolarge.finetune import FinetuneResult, finetune, resolve_train_data
 from smalltolarge.formatting import TokenArrays, format_prompt, length_batches, tokenise_pool
+from smalltolarge.losses import score_model
 from smalltolarge.models import load_tokenizer, train_bpe_tokenizer
 from smalltolarge.runs import read_json
-from smalltolarge.scoring import score_model
 
 from .conftest import tiny_llama
 

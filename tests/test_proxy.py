@@ -16,11 +16,12 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, Llam
 
 from smalltolarge.errors import S2LError
 from smalltolarge.formatting import TokenArrays, load_tokenised
+from smalltolarge.losses import score_model
 from smalltolarge.models import PRESETS, load_tokenizer
 from smalltolarge.prepare import prepare
 from smalltolarge.proxy import checkpoint_steps, list_checkpoints, read_proxy_meta, train_proxy
 from smalltolarge.runs import RunDir, read_json
-from smalltolarge.scoring import score_model, score_trajectories
+from smalltolarge.scoring import score_trajectories
 from smalltolarge.trajectories import Trajectories
 
 # the settings of the session fixture `trained_run` (see conftest.py)
@@ -290,6 +291,32 @@ def test_checkpoint_every(tmp_path, trained_run):
     found = train_proxy(run, learning_rate=1e-3, checkpoint_every=3, **settings)
     assert [s for s, _ in found] == [3]
     assert read_proxy_meta(run)["checkpoint_steps"] == [3]
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (dict(learning_rate=0), "learning_rate must be positive, not 0"),
+        (dict(learning_rate=-1e-3), "learning_rate must be positive"),
+        (dict(batch_size=0), "batch_size must be a positive integer, not 0"),
+        (dict(grad_accum=0), "grad_accum must be a positive integer"),
+        (dict(epochs=0), "epochs must be positive"),
+        (dict(warmup_ratio=1.0), "warmup_ratio"),
+    ],
+)
+def test_invalid_settings_are_refused_not_replaced_by_defaults(option, message, tmp_path):
+    # refused before the run is read: an empty directory shows that nothing else was reached
+    # (0 used to fall back to the default through `or`, training with lr 1e-3 and batch 16)
+    with pytest.raises(S2LError, match=message):
+        train_proxy(RunDir(tmp_path / "empty"), progress=False, **option)
+
+
+def test_none_means_the_default_learning_rate_and_batch_size(tmp_path, trained_run):
+    run = copy_run(trained_run, tmp_path / "run")
+    train_proxy(run, **{**SHORT, "learning_rate": None, "batch_size": None, "epochs": 0.5})
+    meta = read_proxy_meta(run)
+    assert meta["learning_rate"] == PRESETS["tiny"].learning_rate
+    assert meta["batch_size"] == PRESETS["tiny"].batch_size
 
 
 def test_train_proxy_needs_a_prepared_run(tmp_path):

@@ -1,13 +1,16 @@
 """Scoring in (checkpoint, chunk) units: several processes, SIGKILL and resume, in training.
 
 These run the real command line in subprocesses (two processes over gloo through
-``accelerate launch``; a run killed with SIGKILL part-way), so they take tens of seconds.
+``accelerate launch``; a run killed with SIGKILL part-way), so they take tens of seconds; to
+keep them short they score the run at two of its checkpoints (the first and the last), which
+is all that units across checkpoints need.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,16 +22,13 @@ import pytest
 from transformers import Trainer, TrainingArguments
 
 from smalltolarge.formatting import TokenArrays, collate, load_tokenised
+from smalltolarge.losses import score_batches
 from smalltolarge.models import build_preset_model, load_tokenizer
-from smalltolarge.runs import RunDir
-from smalltolarge.scoring import (
-    TrajectoryCallback,
-    _score_batches,
-    plan_chunks,
-    score_trajectories,
-)
+from smalltolarge.recording import TrajectoryCallback, plan_chunks
+from smalltolarge.runs import RunDir, list_checkpoints
+from smalltolarge.scoring import score_trajectories
 
-CHUNK = "300"  # tokens per unit: dozens of units on the test pool
+CHUNK = "600"  # tokens per unit: 15 units per checkpoint on the test pool
 
 
 def score_args(run: RunDir, *extra: str, processes: int = 1) -> list[str]:
@@ -90,10 +90,13 @@ def test_plan_chunks_covers_every_example_once_longest_first():
     assert [c.tolist() for c in plan_chunks(lengths, 60)] == [c.tolist() for c in chunks]
 
 
-def score_in_process(run: RunDir, max_tokens: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def score_in_process(
+    run: RunDir, max_tokens: int | None = None, *, force: bool = True, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """A single-process scoring run in this process, with one torch thread like the launched
     ones (the thread count changes the order of floating-point sums, so it is held fixed);
-    in-process, it saves the start-up of a Python with torch and transformers."""
+    in-process, it saves the start-up of a Python with torch and transformers (about ten
+    seconds, most of these tests' time)."""
     import torch
 
     threads = torch.get_num_threads()
@@ -101,7 +104,7 @@ def score_in_process(run: RunDir, max_tokens: int | None = None) -> tuple[np.nda
     try:
         extra = {} if max_tokens is None else {"max_tokens": max_tokens}
         score_trajectories(
-            run, precision="fp32", chunk_tokens=int(CHUNK), force=True, progress=False, **extra
+            run, precision="fp32", chunk_tokens=int(CHUNK), force=force, progress=progress, **extra
         )
     finally:
         torch.set_num_threads(threads)
@@ -111,8 +114,22 @@ def score_in_process(run: RunDir, max_tokens: int | None = None) -> tuple[np.nda
     )
 
 
+def first_and_last_checkpoint(run: RunDir) -> RunDir:
+    """``run`` with the proxy checkpoints between the first and the last removed."""
+    for _, path in list_checkpoints(run.proxy_dir)[1:-1]:
+        shutil.rmtree(path)
+    assert len(list_checkpoints(run.proxy_dir)) == 2
+    return run
+
+
+def plan_chunks_of(run: RunDir) -> list[np.ndarray]:
+    return plan_chunks(TokenArrays.from_dataset(load_tokenised(run).dataset).lengths, int(CHUNK))
+
+
 def test_two_processes_give_the_single_process_matrix(run_copy, tmp_path):
+    first_and_last_checkpoint(run_copy)
     expected, expected_emb = score_in_process(run_copy)
+    assert expected.shape[1] == 2 and len(plan_chunks_of(run_copy)) > 4
     run_ok(score_args(run_copy, "--force", processes=2))
     meta = json.loads((run_copy.trajectories_dir / "meta.json").read_text())
     assert meta["processes"] == 2
@@ -121,7 +138,8 @@ def test_two_processes_give_the_single_process_matrix(run_copy, tmp_path):
     assert np.array_equal(np.load(run_copy.trajectories_dir / "embeddings.npy"), expected_emb)
 
 
-def test_sigkill_then_resume_recomputes_only_unfinished_units(run_copy):
+def test_sigkill_then_resume_recomputes_only_unfinished_units(run_copy, capsys):
+    first_and_last_checkpoint(run_copy)
     expected, _ = score_in_process(run_copy, max_tokens=64)
     parts = run_copy.trajectories_dir / "parts"
     args = score_args(run_copy, "--max-tokens", "64", "--force")
@@ -140,17 +158,17 @@ def test_sigkill_then_resume_recomputes_only_unfinished_units(run_copy):
     assert len(finished) >= 6
     assert not (run_copy.trajectories_dir / "meta.json").exists()
 
-    resumed = run_ok(score_args(run_copy, "--max-tokens", "64"))
-    assert f"{len(finished)} of" in resumed.stdout + resumed.stderr
-    assert "already scored and skipped" in resumed.stdout + resumed.stderr
-    losses = np.load(run_copy.trajectories_dir / "losses.npy")
+    # resumed in this process: what is proven is that the killed run's units are reused
+    capsys.readouterr()
+    losses, _ = score_in_process(run_copy, max_tokens=64, force=False, progress=True)
+    resumed = capsys.readouterr()
+    assert f"{len(finished)} of" in resumed.out + resumed.err
+    assert "already scored and skipped" in resumed.out + resumed.err
     assert np.array_equal(losses, expected)
 
 
 def test_callback_records_trajectories_under_a_users_trainer(trained_run, tmp_path):
     run = RunDir(tmp_path / "user")
-    import shutil
-
     for part in ("pool", "pool.json", "tokenizer", "tokenised", "tokenised.json"):
         src = trained_run.root / part
         (shutil.copytree if src.is_dir() else shutil.copy)(src, run.root / part)
@@ -192,7 +210,7 @@ def test_callback_records_trajectories_under_a_users_trainer(trained_run, tmp_pa
     arrays = TokenArrays.from_dataset(tokenised.dataset)
     expected = np.empty(len(tokenised), dtype=np.float32)
     for rows in plan_chunks(arrays.lengths, 500):
-        for pos, loss, _ in _score_batches(
+        for pos, loss, _ in score_batches(
             model,
             arrays,
             rows,
@@ -210,8 +228,6 @@ def test_callback_records_trajectories_under_a_users_trainer(trained_run, tmp_pa
 def test_proxy_training_records_or_leaves_scoring_to_score(trained_run, tmp_path, record):
     """Our own proxy training goes through the same callback: with recording on, `s2l score`
     finds the trajectories current; the two paths give the same matrix."""
-    import shutil
-
     from smalltolarge.proxy import train_proxy
 
     run = RunDir(tmp_path / "r")

@@ -10,6 +10,7 @@ from smalltolarge.selection import (
     SELECTORS,
     RandomSelector,
     S2LSelector,
+    Selector,
     Signals,
     Stratified,
     balanced_sample,
@@ -361,6 +362,59 @@ def test_stratified_quotas_follow_water_fill(inner):
         assert np.sum(signals.sources[rows] == name) == wrapper.quotas_[name]
     assert set(wrapper.selectors_) == set(names)
     assert not hasattr(inner, "labels_"), "the wrapped selector itself is not fitted"
+
+
+def test_stratified_summary_gathers_every_source():
+    signals, sizes = _three_sources()
+    wrapper = Stratified(S2LSelector(n_clusters=3))
+    wrapper.select(signals, 150, seed=0)
+    summary = wrapper.summary_()
+    fitted = wrapper.selectors_.values()
+    assert summary["source_quotas"] == wrapper.quotas_
+    assert summary["n_clusters_requested"] == 3
+    assert summary["n_clusters_effective"] == {
+        s: f.n_clusters_ for s, f in wrapper.selectors_.items()
+    }
+    assert summary["clusters"]["sizes"] == sorted(n for f in fitted for n in f.cluster_sizes_)
+    assert sum(summary["clusters"]["taken"]) == 150
+    assert summary["warnings"] == wrapper.warnings_
+    # one label per example, each source's clusters numbered after the previous source's
+    assert wrapper.labels_.shape == (signals.n,)
+    assert np.bincount(wrapper.labels_).tolist() == [
+        n for name in sorted(sizes) for n in wrapper.selectors_[name].cluster_sizes_
+    ]
+    assert wrapper.settings() == {"stratified": True, **S2LSelector(n_clusters=3).get_params()}
+    assert repr(wrapper) == f"Stratified(selector={S2LSelector(n_clusters=3)!r})"
+    random = Stratified(RandomSelector())
+    random.select(signals, 30, seed=0)
+    assert random.labels_ is None and "clusters" not in random.summary_()
+
+
+def test_a_new_method_is_one_small_class():
+    class FirstRows(Selector):
+        name = "first-rows"
+
+        def __init__(self, offset: int = 0) -> None:
+            self.offset = offset
+
+        def check_settings(self) -> None:
+            self._check_ints("offset", minimum=0)
+
+        def _select(self, signals: Signals, budget: int, seed: int) -> np.ndarray:
+            return np.arange(self.offset, self.offset + budget, dtype=np.int64)
+
+    selector = FirstRows(offset=1)
+    assert selector.get_params() == {"offset": 1} and repr(selector) == "FirstRows(offset=1)"
+    assert FirstRows.param_names() == ["offset"]
+    signals = _signals(_random_losses(10))
+    assert selector.select(signals, 3, seed=0).tolist() == [1, 2, 3]
+    assert selector.summary_() == {"warnings": []} and selector.labels_ is None
+    with pytest.raises(S2LError, match="first-rows setting offset must be an int >= 0"):
+        FirstRows(offset=-1).select(signals, 3, seed=0)
+    with pytest.raises(S2LError, match="more examples than"):
+        selector.select(signals, 11, seed=0)
+    with pytest.raises(S2LError, match="seed"):
+        selector.select(signals, 3, seed=-1)
 
 
 def test_stratified_is_deterministic_and_needs_sources():

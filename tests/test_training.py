@@ -1,8 +1,10 @@
-"""The shared training recipe: resuming skips a checkpoint cut short by a kill."""
+"""The shared training recipe: resuming skips a checkpoint cut short by a kill; step counts."""
 
 from __future__ import annotations
 
-from smalltolarge.training import last_complete_checkpoint
+import math
+
+from smalltolarge.training import Recipe, last_complete_checkpoint
 
 
 def test_a_half_written_checkpoint_is_removed_and_the_previous_one_used(tmp_path):
@@ -23,3 +25,27 @@ def test_no_checkpoint(tmp_path):
     (tmp_path / "checkpoint-3").mkdir()
     assert last_complete_checkpoint(tmp_path, is_main_process=False) is None
     assert (tmp_path / "checkpoint-3").exists()  # only the main process removes
+
+
+def test_total_steps_count_every_process_and_accumulation():
+    recipe = Recipe(
+        epochs=2.5,
+        learning_rate=1e-3,
+        batch_size=8,
+        grad_accum=2,
+        warmup_ratio=0.0,
+        precision="fp32",
+        seed=0,
+    )
+    # 100 examples, 16 per step on one process: 7 steps per epoch (the last one short)
+    assert recipe.total_steps(100, processes=1) == math.ceil(7 * 2.5)
+    assert recipe.total_steps(100, processes=2) == math.ceil(4 * 2.5)
+    assert set(recipe.settings()) == {
+        "epochs",
+        "learning_rate",
+        "batch_size",
+        "grad_accum",
+        "warmup_ratio",
+        "precision",
+        "seed",
+    }

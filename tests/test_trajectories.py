@@ -1,4 +1,4 @@
-"""Tests for smalltolarge.trajectories (the artifact) and the run-level check in scoring."""
+"""Tests for smalltolarge.trajectories: the artifact, and the run-level check of its loader."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import pytest
 from smalltolarge.errors import S2LError
 from smalltolarge.prepare import prepare
 from smalltolarge.runs import read_json
-from smalltolarge.scoring import load_run_trajectories
-from smalltolarge.trajectories import Trajectories
+from smalltolarge.trajectories import Trajectories, load_run_trajectories
 
 META = {"fingerprint": "f" * 16, "pool_fingerprint": "p" * 16, "tokenised_fingerprint": "t" * 16}
 

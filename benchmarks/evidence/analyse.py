@@ -9,7 +9,6 @@ Usage: .venv/bin/python benchmarks/evidence/analyse.py [runs/benchmarks/evidence
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from collections import defaultdict
@@ -25,6 +24,7 @@ from smalltolarge.compare import (
     run_name,
     verdict,
 )
+from smalltolarge.experiment import read_results
 
 #: Pairs beyond "vs random" that say where a gain comes from: (method, baseline, budget).
 EXTRA_PAIRS = (
@@ -50,7 +50,7 @@ def main(argv: list[str]) -> int:
 
 
 def _table(out: Path) -> str:
-    rows = list(csv.DictReader((out / "results.csv").open()))
+    rows = read_results(out / "results.csv")
     macro: dict[tuple[str, str], list[float]] = defaultdict(list)
     for r in rows:
         if r["metric"] == "loss" and r["source"] == "macro":
@@ -67,9 +67,6 @@ def _table(out: Path) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     diffs = {(r["method"], r["budget"], r["baseline"]): r for r in comparisons(out)}
-    for r in diffs.values():
-        if r["metric"] != "loss" or r["baseline"] != "random":
-            continue
     order = [k for k in macro if k[0] not in ("full-pool", "base")]
     order.sort(key=lambda k: (float(k[1]), k[0] != "random", k[0]))
     for label, budget in order:

@@ -12,16 +12,16 @@ import shutil
 import sys
 from pathlib import Path
 
-from smalltolarge.experiment import _read_rows, _write_rows
+from smalltolarge.experiment import read_results, write_results
 
 
 def main(argv: list[str]) -> int:
     root = Path(argv[0] if argv else "runs/benchmarks/evidence")
     full, main_dir = root / "full", root / "main"
-    rows = _read_rows(main_dir / "results.csv")
-    extra = [r for r in _read_rows(full / "results.csv") if r["method"] in ("full-pool", "base")]
+    rows = read_results(main_dir / "results.csv")
+    extra = [r for r in read_results(full / "results.csv") if r["method"] in ("full-pool", "base")]
     keep = [r for r in rows if r["method"] not in ("full-pool", "base")]
-    _write_rows(main_dir / "results.csv", keep + extra)
+    write_results(main_dir / "results.csv", keep + extra)
     for run in (full / "eval").iterdir():
         target = main_dir / "eval" / run.name
         shutil.rmtree(target, ignore_errors=True)

@@ -361,24 +361,13 @@ def comparisons_markdown(out_dir: str | os.PathLike, **kwargs: int) -> str:
     else:
         lines.append("No paired comparison: no method shares seeds and per-item results with "
                      "random or the full pool.")  # fmt: skip
-    lines += ["", "## Detectable difference", ""]
-    detectable = detectable_differences(out_dir, **kwargs)
-    if detectable:
-        lines += [
-            "Half-width of the 95% paired interval between two random seeds at the same budget "
-            "(mean over seed pairs): a method closer to random than this cannot be told apart.",
-            "",
-            "| budget | n_train | metric | detectable difference | seeds | items |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['budget']} | {r['n_train']} | {r['metric']} | ±{float(r['detectable']):.4f} | "
-            f"{r['n_seeds']} | {r['n_items']} |"
-            for r in detectable
-        ]
-    else:
-        lines.append("Not computable: random needs two seeds or more at a budget "
-                     "(`s2l experiment CONFIG --calibrate` runs them).")  # fmt: skip
+    lines += _detectable_section(
+        detectable_differences(out_dir, **kwargs),
+        "Half-width of the 95% paired interval between two random seeds at the same budget "
+        "(mean over seed pairs): a method closer to random than this cannot be told apart.",
+        "Not computable: random needs two seeds or more at a budget "
+        "(`s2l experiment CONFIG --calibrate` runs them).",
+    )
     warnings = separation_warnings(out_dir, **kwargs)
     if warnings:
         lines += [""] + [f"**{w}**" for w in warnings]
@@ -396,23 +385,13 @@ def calibration_markdown(out_dir: str | os.PathLike, **kwargs: int) -> str:
     ]
     for metric, points in learning_curve(out_dir).items():
         lines += [f"| {metric} | {b} | {n:.0f} | {v:.4f} |" for b, n, v in points]
-    lines += ["", "## Detectable difference", ""]
     detectable = detectable_differences(out_dir, **kwargs)
-    if detectable:
-        lines += [
-            "Half-width of the 95% paired interval between two random seeds (items resampled, "
-            "mean over seed pairs): the smallest difference to random this setup can detect.",
-            "",
-            "| budget | n_train | metric | detectable difference | seeds | items |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['budget']} | {r['n_train']} | {r['metric']} | ±{float(r['detectable']):.4f} | "
-            f"{r['n_seeds']} | {r['n_items']} |"
-            for r in detectable
-        ]
-    else:
-        lines.append("Not computable: random has fewer than two seeds with per-item results.")
+    lines += _detectable_section(
+        detectable,
+        "Half-width of the 95% paired interval between two random seeds (items resampled, "
+        "mean over seed pairs): the smallest difference to random this setup can detect.",
+        "Not computable: random has fewer than two seeds with per-item results.",
+    )
     warnings = separation_warnings(out_dir, **kwargs)
     full_pool_ran = all(p[-1][0] == "all" for p in learning_curve(out_dir).values())
     lines += [""]
@@ -425,6 +404,26 @@ def calibration_markdown(out_dir: str | os.PathLike, **kwargs: int) -> str:
             "more than the detectable difference."
         )
     return "\n".join(lines) + "\n"
+
+
+def _detectable_section(detectable: list[dict[str, str]], intro: str, missing: str) -> list[str]:
+    """The "Detectable difference" section of a report: ``intro`` and a table of the rows of
+    :func:`detectable_differences`, or ``missing`` when there are none."""
+    lines = ["", "## Detectable difference", ""]
+    if not detectable:
+        return [*lines, missing]
+    lines += [
+        intro,
+        "",
+        "| budget | n_train | metric | detectable difference | seeds | items |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['budget']} | {r['n_train']} | {r['metric']} | ±{float(r['detectable']):.4f} | "
+        f"{r['n_seeds']} | {r['n_items']} |"
+        for r in detectable
+    ]
+    return lines
 
 
 # --------------------------------------------------------------------------------------------

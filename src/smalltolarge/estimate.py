@@ -285,6 +285,7 @@ def probe_throughput(
         build_preset_model,
         default_device,
         is_preset,
+        pad_token_id,
         resolve_model,
         resolve_precision,
     )
@@ -303,7 +304,7 @@ def probe_throughput(
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     arrays = TokenArrays.from_dataset(tokenised.dataset)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_token_id(tokenizer)
     order = np.random.default_rng(0).permutation(len(tokenised))
     train_batches = [
         np.take(order, range(k * batch_size, (k + 1) * batch_size), mode="wrap")

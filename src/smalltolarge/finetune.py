@@ -3,11 +3,11 @@
 The subset is read like any pool (:func:`~smalltolarge.data.load_pool`), or from a selection
 directory (``selections/NAME/``), and tokenised with the target's own tokenizer through
 :func:`~smalltolarge.formatting.tokenise_pool`: the same template and the same response-only
-loss (response + eos) that the proxy was trained and scored with. Training mirrors
-:func:`smalltolarge.proxy.train_proxy`: the Hugging Face ``Trainer`` (AdamW, cosine schedule
-with warm-up, gradient accumulation, bf16/fp16, length-grouped batches, multi-GPU through
-``accelerate launch``), a resumable trainer state in ``OUT/resume/`` guarded by a fingerprint
-marker, and a skip when ``OUT/finetune.json`` records the same inputs and settings.
+loss (response + eos) that the proxy was trained and scored with. Training is the proxy's
+recipe (:func:`smalltolarge.training.fit`: AdamW, cosine schedule with warm-up, gradient
+accumulation, bf16/fp16, length-grouped batches, multi-GPU through ``accelerate launch``), with
+a resumable trainer state in ``OUT/resume/`` guarded by a fingerprint marker, and a skip when
+``OUT/finetune.json`` records the same inputs and settings.
 
 Full fine-tuning is the default; ``lora=True`` trains LoRA adapters with ``peft`` and merges
 them into the weights before saving, so ``OUT/model/`` is always a plain model directory
@@ -16,47 +16,38 @@ them into the weights before saving, so ``OUT/model/`` is always a plain model d
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
 import os
 import shutil
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import PreTrainedModel, Trainer, TrainerCallback
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from smalltolarge.data import load_pool
 from smalltolarge.errors import S2LError
-from smalltolarge.formatting import TokenArrays, TokenisedPool, collate, tokenise_pool
+from smalltolarge.formatting import TokenArrays, TokenisedPool, tokenise_pool
 from smalltolarge.models import (
     autocast_dtype,
     count_parameters,
     load_causal_lm,
     load_tokenizer,
+    pad_token_id,
     resolve_precision,
 )
 from smalltolarge.progress import library_bars
 from smalltolarge.runs import (
+    RunDir,
     atomic_dir,
-    atomic_write_json,
     distributed_state,
     fingerprint,
     read_json,
     stage_is_current,
 )
-from smalltolarge.training import (
-    LossProgressCallback,
-    SeededOrderTrainer,
-    check_training_settings,
-    last_complete_checkpoint,
-    training_arguments,
-)
+from smalltolarge.training import Recipe, check_training_settings, fit
 
 if TYPE_CHECKING:
     from accelerate import PartialState
@@ -71,16 +62,6 @@ _CHECKPOINTS_PER_RUN = 10
 _MIN_SAVE_STEPS = 50
 #: Excluded ids named in messages and in finetune.json (all of them are counted).
 _SHOWN_EXCLUDED = 10
-#: The settings that go to TrainingArguments as they are.
-_TRAINER_SETTINGS = (
-    "epochs",
-    "learning_rate",
-    "batch_size",
-    "grad_accum",
-    "warmup_ratio",
-    "precision",
-    "seed",
-)
 _LOAD_POOL_OPTIONS = frozenset(inspect.signature(load_pool).parameters) - {"path_or_name"}
 
 
@@ -180,10 +161,17 @@ def finetune(
     )
     if lora:
         _check_lora(lora_r, lora_alpha, lora_dropout, lora_target_modules)
-    precision = resolve_precision(precision)
+    recipe = Recipe(
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        warmup_ratio=warmup_ratio,
+        precision=resolve_precision(precision),
+        seed=seed,
+    )
     out_dir = Path(out_dir)
-    model_dir, resume_dir = out_dir / "model", out_dir / "resume"
-    meta_path = out_dir / "finetune.json"
+    model_dir, meta_path = out_dir / "model", out_dir / "finetune.json"
     # Under `accelerate launch` every process runs this function; the state knows how many.
     state = distributed_state()
     say = print if progress and state.is_main_process else _silent
@@ -195,11 +183,7 @@ def finetune(
     settings = {
         "template": template,
         "max_length": max_length,
-        "epochs": epochs,
-        "learning_rate": learning_rate,
-        "batch_size": batch_size,
-        "grad_accum": grad_accum,
-        "warmup_ratio": warmup_ratio,
+        **recipe.settings(),
         "lora": (
             {
                 "r": lora_r,
@@ -210,8 +194,6 @@ def finetune(
             if lora
             else None
         ),
-        "precision": precision,
-        "seed": seed,
     }
     # The data enter by content (the tokenised fingerprint), not by path: the same subset
     # read from another file is the same training.
@@ -221,12 +203,11 @@ def finetune(
         return _result(out_dir, read_json(meta_path), skipped=True)
     _report_data(tok_pool, data_path, say)
 
-    steps_per_epoch = math.ceil(len(tok_pool) / (batch_size * state.num_processes * grad_accum))
-    total_steps = math.ceil(steps_per_epoch * epochs)
+    total_steps = recipe.total_steps(len(tok_pool), state.num_processes)
     # A frozen LoRA base only needs the training precision; fully trained weights stay fp32
     # so that small updates are not rounded away (autocast does the low-precision maths).
-    load_dtype = (autocast_dtype(precision) if lora else None) or torch.float32
-    with _hf_progress_bars(progress):
+    load_dtype = (autocast_dtype(recipe.precision) if lora else None) or torch.float32
+    with library_bars(progress):
         net = load_causal_lm(model, dtype=load_dtype)
     _check_vocabulary(net, tok_pool, model)
     n_parameters = count_parameters(net)
@@ -236,84 +217,48 @@ def finetune(
             net, lora_r, lora_alpha, lora_dropout, lora_target_modules, seed
         )
     n_trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-
-    if state.is_main_process:
-        _discard_stale_resume(resume_dir, fp)
-        atomic_write_json(resume_dir / "fingerprint.json", {"fingerprint": fp})
-    state.wait_for_everyone()
-    # Padding is masked out of attention and loss, so any id will do; eos avoids adding a
-    # token (and resizing the embeddings) for tokenizers that have no pad token.
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
-    trainer = SeededOrderTrainer(
-        model=net,
-        args=training_arguments(
-            resume_dir,
-            total_steps=total_steps,
-            save_steps=save_steps
-            or max(_MIN_SAVE_STEPS, math.ceil(total_steps / _CHECKPOINTS_PER_RUN)),
-            progress=progress,
-            **{k: settings[k] for k in _TRAINER_SETTINGS},
-        ),
-        train_dataset=tok_pool.dataset,
-        data_collator=lambda examples: collate(examples, pad_id),
-        callbacks=list(callbacks or []),
-    )
-    if progress:
-        trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(LossProgressCallback("fine-tuning"))
-    else:
-        trainer.remove_callback(PrinterCallback)
-    last = last_complete_checkpoint(resume_dir, is_main_process=state.is_main_process)
-    resumed_from = int(last.rsplit("-", 1)[-1]) if last else None
     what = f"LoRA r={lora_r} on {', '.join(sorted(lora_targets))}" if lora else "all weights"
     say(
         f"finetune: training {model} ({n_parameters / 1e6:.2f}M parameters, {what}, "
         f"{n_trainable / 1e6:.2f}M trainable) on {len(tok_pool)} examples, {total_steps} steps"
-        + (f", resuming from step {resumed_from}" if last else "")
     )
-    started = time.perf_counter()
-    # HF's own bars (one per checkpoint written) would break into the training bar
-    with _hf_progress_bars(False):
-        trainer.train(resume_from_checkpoint=last)
-    seconds = time.perf_counter() - started
 
-    if state.is_main_process:
-        # An old finetune.json next to a half-replaced model/ would vouch for the wrong weights.
-        meta_path.unlink(missing_ok=True)
-    with _hf_progress_bars(progress):
+    def save(trainer: Trainer) -> dict[str, Any]:
         _save_model(trainer, tokenizer, model_dir, merge_lora=lora, state=state)
-    losses = [[h["step"], h["loss"]] for h in trainer.state.log_history if "loss" in h]
-    meta = {
-        "fingerprint": fp,
-        "tokenised_fingerprint": tok_pool.fingerprint,
-        "model": str(model),
-        "train_data": str(data_path),
-        **settings,
-        "lora_target_modules": sorted(lora_targets) or None,
-        "n_train": len(tok_pool),
-        "n_truncated": tok_pool.n_truncated,
-        "n_excluded": len(tok_pool.excluded),
-        "excluded_ids": [e["id"] for e in tok_pool.excluded[:_SHOWN_EXCLUDED]],
-        "total_steps": total_steps,
-        "global_step": trainer.state.global_step,
-        "resumed_from_step": resumed_from,
-        "processes": state.num_processes,
-        "pad_token_id": pad_id,
-        "train_loss_first": losses[0][1] if losses else None,
-        "train_loss_last": losses[-1][1] if losses else None,
-        "train_loss_history": losses,
-        "seconds": round(seconds, 2),
-        "n_parameters": n_parameters,
-        "n_trainable_parameters": n_trainable,
-    }
-    if state.is_main_process:
-        atomic_write_json(meta_path, meta)
-        shutil.rmtree(resume_dir, ignore_errors=True)
+        return {
+            "tokenised_fingerprint": tok_pool.fingerprint,
+            "model": str(model),
+            "train_data": str(data_path),
+            **settings,
+            "lora_target_modules": sorted(lora_targets) or None,
+            "n_train": len(tok_pool),
+            "n_truncated": tok_pool.n_truncated,
+            "n_excluded": len(tok_pool.excluded),
+            "excluded_ids": [e["id"] for e in tok_pool.excluded[:_SHOWN_EXCLUDED]],
+            "n_parameters": n_parameters,
+            "n_trainable_parameters": n_trainable,
+        }
+
+    meta = fit(
+        net,
+        tok_pool.dataset,
+        recipe,
+        resume_dir=out_dir / "resume",
+        meta_path=meta_path,
+        fingerprint=fp,
+        save=save,
+        total_steps=total_steps,
+        save_steps=save_steps
+        or max(_MIN_SAVE_STEPS, math.ceil(total_steps / _CHECKPOINTS_PER_RUN)),
+        pad_id=pad_token_id(tokenizer),
+        callbacks=callbacks or (),
+        name="finetune",
+        description="fine-tuning",
+        progress=progress,
+    )
     say(
         f"finetune: saved {model_dir} (train loss {_fmt(meta['train_loss_first'])} -> "
-        f"{_fmt(meta['train_loss_last'])}, {seconds:.0f} s)"
+        f"{_fmt(meta['train_loss_last'])}, {meta['seconds']:.0f} s)"
     )
     return _result(out_dir, meta, skipped=False)
 
@@ -342,7 +287,7 @@ def resolve_train_data(train_data: str | os.PathLike) -> tuple[str, dict[str, An
         raise S2LError(
             f"{path}: the subset file {summary['subset_file']} named in summary.json is missing"
         )
-    return os.fspath(subset), _pool_columns(path.parent.parent / "pool.json")
+    return os.fspath(subset), _pool_columns(RunDir.of_selection(path).pool_meta)
 
 
 def _check_lora(r: int, alpha: float, dropout: float, targets: list[str] | None) -> None:
@@ -462,14 +407,6 @@ def _add_lora(
     return peft_model, adapted
 
 
-def _discard_stale_resume(resume_dir: Path, fp: str) -> None:
-    """Remove trainer state left by a run with other inputs or settings."""
-    marker = resume_dir / "fingerprint.json"
-    if marker.is_file() and read_json(marker).get("fingerprint") == fp:
-        return  # an interrupted run of this very training: keep it and resume
-    shutil.rmtree(resume_dir, ignore_errors=True)
-
-
 def _save_model(
     trainer: Trainer,
     tokenizer: Any,
@@ -504,14 +441,6 @@ def _save_model(
                 os.replace(child, tmp / child.name)
         staging.rmdir()
     state.wait_for_everyone()
-
-
-@contextlib.contextmanager
-def _hf_progress_bars(show: bool) -> Iterator[None]:
-    """Show or hide the progress bars of the libraries (loading and writing weights, saving
-    datasets) for the block; the training bar is our own (see ``training.py``)."""
-    with library_bars(show):
-        yield
 
 
 def _result(out_dir: Path, meta: dict[str, Any], *, skipped: bool) -> FinetuneResult:

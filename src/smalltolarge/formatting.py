@@ -26,6 +26,12 @@ from smalltolarge.data import Pool
 from smalltolarge.errors import S2LError
 from smalltolarge.models import check_tokenizer, tokenizer_fingerprint
 from smalltolarge.runs import RunDir, atomic_dir, atomic_write_json, fingerprint, read_json
+from smalltolarge.settings import (
+    TEMPLATES,
+    PrepareSettings,
+    check_choice,
+    check_max_length,
+)
 
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task. "
@@ -42,7 +48,6 @@ ALPACA_PROMPT_WITH_INPUT = (
 # whatever the response's first character.
 ALPACA_REFERENCE_PROMPT = ALPACA_PROMPT.removesuffix("\n")
 ALPACA_REFERENCE_PROMPT_WITH_INPUT = ALPACA_PROMPT_WITH_INPUT.removesuffix("\n")
-TEMPLATES = ("alpaca", "alpaca-reference", "chat")
 
 #: Columns of the tokenised dataset.
 #: input_ids: int32 token ids, prompt then response then eos (possibly truncated);
@@ -128,25 +133,24 @@ def format_prompt(
             content = f"{instruction}\n\n{input_text}" if input_text else instruction
             turns = [{"role": "user", "content": content}]
         return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-    raise S2LError(f"unknown template '{template}'; choose one of {', '.join(TEMPLATES)}")
+    check_choice("template", template, TEMPLATES)
+    raise AssertionError(template)  # every template is handled above
 
 
 def tokenise_pool(
     pool: Pool,
     tokenizer: PreTrainedTokenizerBase,
     *,
-    template: str = "alpaca",
-    max_length: int = 512,
+    template: str = PrepareSettings.template,
+    max_length: int = PrepareSettings.max_length,
     batch_size: int = 1000,
 ) -> TokenisedPool:
     """Format and tokenise every example of ``pool`` with the response mask.
 
     Returns the scorable examples; the excluded ones (prompt too long) are listed with reasons.
     """
-    if template not in TEMPLATES:
-        raise S2LError(f"unknown template '{template}'; choose one of {', '.join(TEMPLATES)}")
-    if max_length < 2:
-        raise S2LError(f"max_length must be at least 2, not {max_length}")
+    check_choice("template", template, TEMPLATES)
+    check_max_length(max_length)
     check_tokenizer(tokenizer, getattr(tokenizer, "name_or_path", "the proxy"))
     if template == "chat":
         format_prompt("check", template="chat", tokenizer=tokenizer)  # fails early if no template

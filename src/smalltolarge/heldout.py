@@ -4,7 +4,7 @@ Exact match on a few hundred items moves in steps of a few points; the held-out 
 same items is far less noisy and costs one forward pass. It is computed exactly as fine-tuning
 sees the data: :func:`~smalltolarge.formatting.tokenise_pool` builds ``prompt + response +
 eos`` with the training template and the response mask, and the batched loss kernel of
-scoring (:func:`~smalltolarge.scoring.score_model`, length batches, right padding masked) gives
+scoring (:func:`~smalltolarge.losses.score_model`, length batches, right padding masked) gives
 each example's mean loss over its response tokens (the end-of-sequence token included), in
 nats per token. Examples whose prompt fills ``max_length`` get no loss and are listed as
 excluded; responses cut at ``max_length`` count over their kept tokens, as in training.
@@ -37,24 +37,23 @@ import numpy as np
 import torch
 
 from smalltolarge.data import load_pool
-from smalltolarge.errors import S2LError
 from smalltolarge.evaluate import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, EvalResult
-from smalltolarge.formatting import TEMPLATES, TokenArrays, tokenise_pool
+from smalltolarge.formatting import TokenArrays, tokenise_pool
+from smalltolarge.losses import score_model
 from smalltolarge.models import (
     autocast_dtype,
     check_tokenizer,
     default_device,
     load_causal_lm,
     load_tokenizer,
+    pad_token_id,
     resolve_precision,
 )
 from smalltolarge.runs import atomic_write_json, atomic_write_text, fingerprint
-from smalltolarge.scoring import DEFAULT_MAX_TOKENS, score_model
+from smalltolarge.settings import EvalSettings
 
 LOSSES_FILE = "losses.jsonl"
 LOSS_SCORES_FILE = "loss.json"
-#: The default context for the loss: fine-tuning's default max_length.
-DEFAULT_MAX_LENGTH = 512
 
 
 @dataclass
@@ -74,11 +73,11 @@ def heldout_loss(
     eval_data: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
-    template: str = "alpaca",
-    max_length: int = DEFAULT_MAX_LENGTH,
-    max_tokens: int = DEFAULT_MAX_TOKENS,
-    precision: str = "auto",
-    max_examples: int | None = None,
+    template: str = EvalSettings.template,
+    max_length: int = EvalSettings.max_length,
+    max_tokens: int = EvalSettings.max_tokens,
+    precision: str = EvalSettings.precision,
+    max_examples: int | None = EvalSettings.max_examples,
     device: str | None = None,
     progress: bool = True,
     **load_kwargs: Any,
@@ -107,11 +106,14 @@ def heldout_loss(
             ``max_length``, or a model/tokenizer that cannot be loaded.
     """
     start = time.perf_counter()
-    if template not in TEMPLATES:
-        raise S2LError(f"unknown template '{template}'; choose one of {', '.join(TEMPLATES)}")
-    for name, value in (("max_examples", max_examples), ("max_tokens", max_tokens)):
-        if value is not None and value < 1:
-            raise S2LError(f"{name} must be positive, not {value}")
+    EvalSettings(
+        template=template,
+        metric="loss",
+        max_length=max_length,
+        max_tokens=max_tokens,
+        precision=precision,
+        max_examples=max_examples,
+    )
 
     pool = load_pool(eval_data, **load_kwargs)
     n_in_file = len(pool)
@@ -130,7 +132,7 @@ def heldout_loss(
     resolved = resolve_precision(precision, device)
     lm = load_causal_lm(model, dtype=autocast_dtype(resolved) or torch.float32).to(device)
     arrays = TokenArrays.from_dataset(tokenised.dataset)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
     losses = score_model(
         lm, arrays, precision=resolved, device=device, pad_id=pad_id, max_tokens=max_tokens
     ).astype(np.float64)

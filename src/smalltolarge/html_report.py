@@ -58,7 +58,7 @@ def write_report(run_dir: str | os.PathLike | RunDir, selection: str | None = No
 
     matplotlib.use("Agg")
 
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    run = RunDir.of(run_dir)
     sel_dir = _selection_dir(run, selection)
     data = _load(run, sel_dir)
     out = sel_dir / "report"
@@ -114,8 +114,8 @@ def _selection_dir(run: RunDir, selection: str | None) -> Path:
 
 def _load(run: RunDir, sel_dir: Path) -> _Data:
     from smalltolarge.data import load_saved_pool
-    from smalltolarge.scoring import load_run_trajectories
     from smalltolarge.subset import CLUSTERS_FILE
+    from smalltolarge.trajectories import load_run_trajectories
 
     summary = read_json(sel_dir / "summary.json")
     selected_ids = set((sel_dir / "ids.txt").read_text(encoding="utf-8").splitlines())
@@ -240,13 +240,8 @@ def _plot_cluster_curves(data: _Data, path: Path) -> bool:
     fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="share of cluster taken")
     ax.set_xlabel("proxy training step (checkpoint)")
     ax.set_ylabel("response loss (nats/token)")
-    ax.set_title(
-        f"{len(rows)} trajectory clusters: mean +- 1 std (width = cluster size)", fontsize=10
-    )
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
+    title = f"{len(rows)} trajectory clusters: mean +- 1 std (width = cluster size)"
+    return _save(fig, ax, path, title, legend=False)
 
 
 def _plot_data_map(data: _Data, path: Path) -> bool:
@@ -280,15 +275,10 @@ def _plot_data_map(data: _Data, path: Path) -> bool:
     if what == "source":
         for k, name in enumerate(names):
             ax.scatter([], [], s=22, color=cmap(k % 20), label=str(name))
-    ax.legend(fontsize=8, loc="best")
     ax.set_xlabel("variability: std of the loss over the checkpoints")
     ax.set_ylabel("mean loss over the checkpoints (nats/token)")
     coloured = f", coloured by {what}" if what else ""
-    ax.set_title(f"data map{coloured}; selected examples ringed", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
+    return _save(fig, ax, path, f"data map{coloured}; selected examples ringed")
 
 
 def _plot_sources(data: _Data, path: Path) -> bool:
@@ -307,12 +297,7 @@ def _plot_sources(data: _Data, path: Path) -> bool:
     ax.set_yticks(y, names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("share of examples (%)")
-    ax.legend(fontsize=8)
-    ax.set_title("source mix: pool vs subset", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
+    return _save(fig, ax, path, "source mix: pool vs subset")
 
 
 def _plot_cluster_sizes(data: _Data, path: Path) -> bool:
@@ -334,8 +319,16 @@ def _plot_cluster_sizes(data: _Data, path: Path) -> bool:
     ax.bar(x, taken, width=0.9, label="taken")
     ax.set_xlabel("cluster (largest first)")
     ax.set_ylabel("examples")
-    ax.legend(fontsize=8)
-    ax.set_title("cluster sizes and what was taken from each", fontsize=10)
+    return _save(fig, ax, path, "cluster sizes and what was taken from each")
+
+
+def _save(fig, ax, path: Path, title: str, *, legend: bool = True) -> bool:
+    """Give ``ax`` its title (and legend), write ``fig`` to ``path`` as PNG, close it; True."""
+    import matplotlib.pyplot as plt
+
+    if legend:
+        ax.legend(fontsize=8)  # placed where it hides the fewest points ("best")
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

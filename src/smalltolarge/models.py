@@ -37,6 +37,7 @@ from transformers import (
 from smalltolarge.data import Pool, load_pool
 from smalltolarge.errors import S2LError
 from smalltolarge.hub import check_hub_name
+from smalltolarge.readers import first_line as _first_line
 from smalltolarge.runs import atomic_dir, atomic_write_json, fingerprint
 
 
@@ -280,6 +281,17 @@ def check_tokenizer(tok: PreTrainedTokenizerBase, name: str) -> None:
         raise S2LError(f"tokenizer of '{name}' has no end-of-sequence token; S2L scores it")
 
 
+def pad_token_id(tok: PreTrainedTokenizerBase) -> int:
+    """The id batches are right-padded with: the pad token, else end-of-sequence, else 0.
+
+    Padding is masked out of attention and loss, so any id gives the same losses; eos avoids
+    adding a token (and resizing the embeddings) for tokenizers that have no pad token."""
+    for value in (tok.pad_token_id, tok.eos_token_id):
+        if value is not None:
+            return int(value)
+    return 0
+
+
 def tokenizer_fingerprint(tok: PreTrainedTokenizerBase) -> str:
     """A fingerprint of everything in a tokenizer that changes token ids."""
     backend = getattr(tok, "backend_tokenizer", None)
@@ -454,13 +466,3 @@ def cpu_has_fast_bf16() -> bool:
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def _first_line(e: BaseException) -> str:
-    """The first line of the error's message; one that ends in ':' ("from one of:") goes on
-    with the lines below it (a list), joined into one line of at most 300 characters."""
-    lines = str(e).strip().splitlines()
-    if not lines:
-        return type(e).__name__
-    text = " ".join(" ".join(lines).split()) if lines[0].rstrip().endswith(":") else lines[0]
-    return (text[:297] + "...") if len(text) > 300 else text

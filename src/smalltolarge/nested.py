@@ -26,11 +26,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from smalltolarge.errors import S2LError
-from smalltolarge.runs import RunDir, atomic_write_json, atomic_write_text, fingerprint
+from smalltolarge.runs import RunDir, fingerprint
+
+if TYPE_CHECKING:
+    from smalltolarge.subset import SelectionResult
 
 ORDER_FILE = "order.txt"
 
@@ -85,7 +89,7 @@ def select_nested(
     n_clusters: int | None = None,
     outlier_max_size: int = 0,
     name: str | None = None,
-):
+) -> list[SelectionResult]:
     """Write one S2L selection per budget from a single clustering, nested, with ``order.txt``.
 
     ``budgets`` are fractions or counts as for :func:`~smalltolarge.subset.select_subset`; the
@@ -96,20 +100,13 @@ def select_nested(
     Raises:
         S2LError: fewer than one budget, or a budget the pool cannot supply.
     """
-    from smalltolarge.data import write_subset
     from smalltolarge.selection import make_selector, resolve_budget
-    from smalltolarge.subset import (
-        CLUSTERS_FILE,
-        SelectionResult,
-        _run_inputs,
-        _summary,
-        _write_clusters,
-    )
+    from smalltolarge.subset import run_inputs, write_selection
 
     if not budgets:
         raise S2LError("nested selection needs at least one budget")
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    inputs = _run_inputs(run)
+    run = RunDir.of(run_dir)
+    inputs = run_inputs(run)
     pool, signals = inputs.pool, inputs.signals
     counts = [resolve_budget(b, len(pool), n_selectable=signals.n) for b in budgets]
     selector = make_selector("s2l", n_clusters=n_clusters, outlier_max_size=outlier_max_size)
@@ -121,39 +118,32 @@ def select_nested(
         outlier_max_size=outlier_max_size,
     )
     ranked_ids = "".join(f"{i}\n" for i in signals.ids[order])
-    described = {k: v for k, v in vars(selector).items() if not k.endswith("_")}
+    described = selector.settings()
     fp = fingerprint(inputs.fingerprint, "s2l-nested", str(described), sorted(counts), seed)
     prefix = name or f"s2l-nested-seed{seed}"
-    all_rows = np.asarray(pool.dataset["row"], dtype=np.int64)
-    all_ids = np.asarray(pool.dataset["id"], dtype=object)
-
     results = []
     for budget, count in zip(budgets, counts, strict=True):
         picked = np.sort(order[:count])
+        # one clustering serves every budget: only what is taken from each cluster differs
         selector.cluster_taken_ = np.bincount(labels[picked], minlength=selector.n_clusters_)
-        selected_pool_index = np.sort(inputs.pool_index[picked])
-        ids = [str(i) for i in all_ids[selected_pool_index]]
+        record = {
+            "fingerprint": fp,
+            "method": "s2l",
+            "nested": {"budgets": [str(b) for b in budgets], "counts": counts, "order": ORDER_FILE},
+            "preset": "default",
+            "settings": described,
+        }
         out = run.selection_dir(f"{prefix}-{budget}")
-        (out / "summary.json").unlink(missing_ok=True)
-        subset_path = write_subset(pool, all_rows[selected_pool_index], out)
-        atomic_write_text(out / "ids.txt", "".join(f"{i}\n" for i in ids))
-        atomic_write_text(out / ORDER_FILE, ranked_ids)
-        _write_clusters(out / CLUSTERS_FILE, signals.ids, labels)
-        summary = _summary(selector, signals, picked, pool, budget=budget, seed=seed)
-        summary.update(
-            inputs.notes,
-            fingerprint=fp,
-            method="s2l",
-            nested={"budgets": [str(b) for b in budgets], "counts": counts, "order": ORDER_FILE},
-            preset="default",
-            settings=described,
-            name=out.name,
-            subset_file=subset_path.name,
-            trajectories_fingerprint=inputs.fingerprint,
-            n_checkpoints=int(signals.losses.shape[1]),
-        )
-        atomic_write_json(out / "summary.json", summary)
         results.append(
-            SelectionResult(ids=ids, directory=out, subset_path=subset_path, summary=summary)
+            write_selection(
+                out,
+                inputs,
+                selector,
+                picked,
+                budget=budget,
+                seed=seed,
+                record=record,
+                files={ORDER_FILE: ranked_ids},
+            )
         )
     return results

@@ -13,11 +13,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from smalltolarge.losses import DEFAULT_MAX_TOKENS
 from smalltolarge.prepare import prepare
 from smalltolarge.progress import quiet_libraries_unless_progress
 from smalltolarge.proxy import check_proxy_settings, train_proxy
 from smalltolarge.runs import RunDir
-from smalltolarge.scoring import DEFAULT_MAX_TOKENS, score_trajectories
+from smalltolarge.scoring import score_trajectories
 from smalltolarge.subset import SelectionResult, make_pool_selector, select_subset
 from smalltolarge.trajectories import Trajectories
 

@@ -1,7 +1,6 @@
 """Train the small proxy on the whole pool and keep its weights at T points of training.
 
-The proxy is trained with the Hugging Face ``Trainer`` (AdamW, cosine schedule with warm-up,
-gradient accumulation, bf16, and multi-GPU through ``accelerate launch`` for free), on the same
+The proxy is trained with the shared recipe (:func:`smalltolarge.training.fit`) on the same
 response-only loss that S2L scores. :class:`CheckpointCallback` saves the weights, and nothing
 else, at the chosen steps as ``proxy/step-00000500/``; checkpoints are always listed in step
 order (the public reference code read them in file-system order). While training runs, a
@@ -11,15 +10,13 @@ instead of starting over; it is deleted when training finishes.
 
 from __future__ import annotations
 
-import math
-import shutil
 from pathlib import Path
 
-from transformers import TrainerCallback
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers import Trainer, TrainerCallback
 
 from smalltolarge.errors import S2LError
-from smalltolarge.formatting import collate, load_tokenised
+from smalltolarge.formatting import load_tokenised
+from smalltolarge.losses import DEFAULT_MAX_TOKENS
 from smalltolarge.models import (
     PRESETS,
     REFERENCE_BATCH_SIZE,
@@ -29,14 +26,15 @@ from smalltolarge.models import (
     is_preset,
     load_causal_lm,
     load_tokenizer,
+    pad_token_id,
     resolve_precision,
 )
 from smalltolarge.presets import apply_preset
 from smalltolarge.progress import quiet_libraries_unless_progress
+from smalltolarge.recording import TrajectoryCallback, trajectory_fingerprint
 from smalltolarge.runs import (
     RunDir,
     atomic_dir,
-    atomic_write_json,
     distributed_state,
     fingerprint,
     list_checkpoints,
@@ -44,19 +42,12 @@ from smalltolarge.runs import (
     read_proxy_meta,
     stage_is_current,
 )
-from smalltolarge.scoring import (
-    DEFAULT_MAX_TOKENS,
-    TrajectoryCallback,
-    checkpoint_steps,
-    trajectory_fingerprint,
-)
 from smalltolarge.training import (
-    LossProgressCallback,
-    SeededOrderTrainer,
+    Recipe,
     check_training_settings,
-    last_complete_checkpoint,
+    checkpoint_steps,
+    fit,
     last_logged_loss,
-    training_arguments,
 )
 
 # Re-exported: where users of the proxy stage look for them.
@@ -97,15 +88,16 @@ def train_proxy(
     Reads ``tokenised/``, ``tokenised.json`` and ``tokenizer/``; writes ``proxy/proxy.json``,
     ``proxy/step-*`` (weights only) when ``save_checkpoints``, and, when ``record``, the
     trajectories themselves (``trajectories/``, scored in training at the same steps by
-    :class:`~smalltolarge.scoring.TrajectoryCallback`, so that ``s2l score`` has nothing left
-    to do). ``learning_rate`` and ``batch_size`` default to the preset's values for a preset
-    proxy and to S2L's reference values (2e-5, 128) for a pretrained one; the effective batch
-    is ``batch_size * grad_accum * processes``. Skipped when ``proxy.json`` records the same
+    :class:`~smalltolarge.recording.TrajectoryCallback`, so that ``s2l score`` has nothing
+    left to do). ``learning_rate`` and ``batch_size`` (None: the default; other values must
+    be positive) default to the preset's values for a preset proxy and to S2L's reference
+    values (2e-5, 128) for a pretrained one; the effective batch is
+    ``batch_size * grad_accum * processes``. Skipped when ``proxy.json`` records the same
     inputs and settings and every asked-for output exists, unless ``force``.
     ``score_precision`` is the precision of the in-training scoring (default: ``precision``);
     ``preset="reference"`` scores in fp32 as the reference code does.
     """
-    run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    run_dir = RunDir.of(run_dir)
     check_proxy_settings(
         epochs=epochs,
         learning_rate=learning_rate,
@@ -121,33 +113,31 @@ def train_proxy(
     tok_pool = load_tokenised(run_dir)
     proxy = read_json(run_dir.tokenised_meta)["proxy"]
     architecture = PRESETS.get(proxy)
-    learning_rate = learning_rate or (
-        architecture.learning_rate if architecture else REFERENCE_LEARNING_RATE
+    if learning_rate is None:
+        learning_rate = architecture.learning_rate if architecture else REFERENCE_LEARNING_RATE
+    if batch_size is None:
+        batch_size = architecture.batch_size if architecture else REFERENCE_BATCH_SIZE
+    recipe = Recipe(
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        warmup_ratio=warmup_ratio,
+        precision=resolve_precision(precision),
+        seed=seed,
     )
-    batch_size = batch_size or (architecture.batch_size if architecture else REFERENCE_BATCH_SIZE)
-    precision = resolve_precision(precision)
     score_precision = apply_preset(preset, score_precision=(score_precision, None))[
         "score_precision"
     ]
-    score_precision = precision if score_precision is None else resolve_precision(score_precision)
+    score_precision = (
+        recipe.precision if score_precision is None else resolve_precision(score_precision)
+    )
     # Under `accelerate launch` every process runs this function; the state knows how many.
-    state = distributed_state()
-    steps_per_epoch = math.ceil(len(tok_pool) / (batch_size * state.num_processes * grad_accum))
-    total_steps = math.ceil(steps_per_epoch * epochs)
+    total_steps = recipe.total_steps(len(tok_pool), distributed_state().num_processes)
     if checkpoint_every is not None:
         n_checkpoints = None
     steps = checkpoint_steps(total_steps, n_checkpoints, checkpoint_every)
-    settings = {
-        "proxy": proxy,
-        "epochs": epochs,
-        "learning_rate": learning_rate,
-        "batch_size": batch_size,
-        "grad_accum": grad_accum,
-        "warmup_ratio": warmup_ratio,
-        "checkpoint_steps": steps,
-        "seed": seed,
-        "precision": precision,
-    }
+    settings = {"proxy": proxy, **recipe.settings(), "checkpoint_steps": steps}
     fp = fingerprint(tok_pool.fingerprint, settings)
     traj_fp = trajectory_fingerprint(tok_pool.fingerprint, fp, score_precision)
     if not force and _is_complete(run_dir, fp, traj_fp, save_checkpoints, record):
@@ -156,35 +146,13 @@ def train_proxy(
         return _saved_checkpoints(run_dir)
 
     tokenizer = load_tokenizer(run_dir.tokenizer_dir)
-    if is_preset(proxy):
-        model = build_preset_model(proxy, tokenizer, seed)
-    else:
-        model = load_causal_lm(proxy)
-    proxy_dir = run_dir.proxy_dir
-    resume_dir = proxy_dir / "resume"
-    if state.is_main_process:
-        _discard_stale(proxy_dir, resume_dir, fp)
-        proxy_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(resume_dir / "fingerprint.json", {"fingerprint": fp})
-    state.wait_for_everyone()
-
-    args = training_arguments(
-        resume_dir,
-        total_steps=total_steps,
-        save_steps=max(1, steps[0]),
-        progress=progress,
-        epochs=epochs,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        warmup_ratio=warmup_ratio,
-        precision=precision,
-        seed=seed,
+    model = (
+        build_preset_model(proxy, tokenizer, seed) if is_preset(proxy) else load_causal_lm(proxy)
     )
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
     callbacks: list[TrainerCallback] = []
     if save_checkpoints:
-        callbacks.append(CheckpointCallback(steps, proxy_dir))
+        callbacks.append(CheckpointCallback(steps, run_dir.proxy_dir))
     if record:
         callbacks.append(
             TrajectoryCallback(
@@ -199,42 +167,41 @@ def train_proxy(
                 meta={"proxy_fingerprint": fp, "proxy": proxy, "recorded": "during training"},
             )
         )
-    trainer = SeededOrderTrainer(
-        model=model,
-        args=args,
-        train_dataset=tok_pool.dataset,
-        data_collator=lambda examples: collate(examples, pad_id),
-        callbacks=callbacks,
-    )
-    if not progress:
-        trainer.remove_callback(PrinterCallback)
-    else:
-        trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(LossProgressCallback("training proxy"))
+    if progress and distributed_state().is_main_process:
         print(
             f"proxy: training {proxy} ({count_parameters(model) / 1e6:.2f}M parameters) on "
             f"{len(tok_pool)} examples, {total_steps} steps, checkpoints at steps {steps}"
         )
-    last = last_complete_checkpoint(resume_dir, is_main_process=state.is_main_process)
-    if last and progress:
-        print(f"proxy: resuming from {last}")
-    trainer.train(resume_from_checkpoint=last)
-    if trainer.is_world_process_zero():
-        atomic_write_json(
-            run_dir.proxy_meta,
-            {
-                "fingerprint": fp,
-                "tokenised_fingerprint": tok_pool.fingerprint,
-                **settings,
-                "total_steps": total_steps,
-                "n_parameters": count_parameters(model),
-                "pad_token_id": pad_id,
-                "final_train_loss": last_logged_loss(trainer),
-                "save_checkpoints": save_checkpoints,
-                "recorded_trajectories": record,
-            },
-        )
-        shutil.rmtree(resume_dir, ignore_errors=True)
+
+    def save(trainer: Trainer) -> dict:
+        # the weights were saved at the checkpoint steps; only the metadata is left
+        return {
+            "tokenised_fingerprint": tok_pool.fingerprint,
+            **settings,
+            "n_parameters": count_parameters(model),
+            "final_train_loss": last_logged_loss(trainer),
+            "save_checkpoints": save_checkpoints,
+            "recorded_trajectories": record,
+        }
+
+    fit(
+        model,
+        tok_pool.dataset,
+        recipe,
+        resume_dir=run_dir.proxy_resume_dir,
+        meta_path=run_dir.proxy_meta,
+        fingerprint=fp,
+        save=save,
+        total_steps=total_steps,
+        save_steps=max(1, steps[0]),
+        pad_id=pad_id,
+        # checkpoints and metadata of a training with other inputs or settings go too
+        stale=run_dir.proxy_dir,
+        callbacks=callbacks,
+        name="proxy",
+        description="training proxy",
+        progress=progress,
+    )
     return _saved_checkpoints(run_dir)
 
 
@@ -290,7 +257,7 @@ def _is_complete(
 ) -> bool:
     if not stage_is_current(run_dir.proxy_meta, fp):
         return False
-    if record and not stage_is_current(run_dir.trajectories_dir / "meta.json", traj_fp):
+    if record and not stage_is_current(run_dir.trajectories_meta, traj_fp):
         return False
     saved = {s for s, _ in _saved_checkpoints(run_dir)}
     return not save_checkpoints or saved == set(read_json(run_dir.proxy_meta)["checkpoint_steps"])
@@ -301,12 +268,3 @@ def _saved_checkpoints(run_dir: RunDir) -> list[tuple[int, Path]]:
         return list_checkpoints(run_dir.proxy_dir)
     except S2LError:
         return []
-
-
-def _discard_stale(proxy_dir: Path, resume_dir: Path, fp: str) -> None:
-    """Remove checkpoints and trainer state left by a run with other inputs or settings."""
-    marker = resume_dir / "fingerprint.json"
-    if marker.is_file() and read_json(marker).get("fingerprint") == fp:
-        return  # an interrupted run of this very training: keep it and resume
-    if proxy_dir.is_dir():
-        shutil.rmtree(proxy_dir)

@@ -24,8 +24,6 @@ import numpy as np
 
 from smalltolarge.errors import S2LError
 
-_STEP_DIR = re.compile(r"^step-(\d+)$")
-
 
 def fingerprint(*parts: Any) -> str:
     """A short, deterministic hex digest of JSON-serialisable ``parts``."""
@@ -130,6 +128,16 @@ class RunDir:
         if self.root.exists() and not self.root.is_dir():
             raise S2LError(f"--run-dir {self.root}: is a file, not a directory; name a directory")
 
+    @classmethod
+    def of(cls, run_dir: str | os.PathLike | RunDir) -> RunDir:
+        """``run_dir`` itself if it is a :class:`RunDir`, else the run directory at that path."""
+        return run_dir if isinstance(run_dir, RunDir) else cls(run_dir)
+
+    @classmethod
+    def of_selection(cls, selection_dir: str | os.PathLike) -> RunDir:
+        """The run directory that a selection directory (``RUN/selections/NAME``) belongs to."""
+        return cls(Path(selection_dir).parent.parent)
+
     # stage 1: the normalised pool
     @property
     def pool_dir(self) -> Path:
@@ -161,10 +169,29 @@ class RunDir:
     def proxy_meta(self) -> Path:
         return self.root / "proxy" / "proxy.json"
 
+    @property
+    def proxy_resume_dir(self) -> Path:
+        """The proxy's resumable trainer state while it trains (removed when it finishes)."""
+        return self.root / "proxy" / "resume"
+
     # stage 4: trajectories
     @property
     def trajectories_dir(self) -> Path:
         return self.root / "trajectories"
+
+    @property
+    def trajectories_meta(self) -> Path:
+        """Written last: the trajectories are complete when it exists."""
+        return self.root / "trajectories" / "meta.json"
+
+    @property
+    def trajectories_losses(self) -> Path:
+        return self.root / "trajectories" / "losses.npy"
+
+    @property
+    def trajectory_parts_dir(self) -> Path:
+        """Finished (checkpoint, chunk) scoring units while scoring runs."""
+        return self.root / "trajectories" / "parts"
 
     # stage 5: selections
     @property
@@ -177,15 +204,24 @@ class RunDir:
 
 def list_checkpoints(proxy_dir: str | Path) -> list[tuple[int, Path]]:
     """``[(step, path), ...]`` of the saved proxy checkpoints, in training-step order."""
-    proxy_dir = Path(proxy_dir)
-    found = []
-    if proxy_dir.is_dir():
-        for child in proxy_dir.iterdir():
-            match = _STEP_DIR.match(child.name)
-            if match and child.is_dir():
-                found.append((int(match.group(1)), child))
+    found = step_dirs(proxy_dir, "step-")
     if not found:
         raise S2LError(f"{proxy_dir}: no proxy checkpoints (run `s2l train-proxy` first)")
+    return found
+
+
+def step_dirs(parent: str | Path, prefix: str) -> list[tuple[int, Path]]:
+    """``[(step, path), ...]`` of the subdirectories of ``parent`` named ``PREFIX<step>``
+    (``step-00000500``, ``checkpoint-500``), in step order; none when ``parent`` is missing."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return []
+    pattern = re.compile(rf"^{re.escape(prefix)}(\d+)$")
+    found = []
+    for child in parent.iterdir():
+        match = pattern.match(child.name)
+        if match and child.is_dir():
+            found.append((int(match.group(1)), child))
     return sorted(found)
 
 

@@ -42,10 +42,15 @@ TEMPLATES = ("alpaca", "alpaca-reference", "chat")
 ON_INVALID = ("error", "skip")
 #: Tokens per example (prompt + response), for the proxy and the target alike.
 DEFAULT_MAX_LENGTH = 512
-#: Real tokens per scoring batch.
+#: Real tokens per scoring batch: small batches of similar length kept the CPU's caches warm
+#: (see benchmarks/scoring.py); GPUs want more.
 DEFAULT_MAX_TOKENS = 4096
+#: Duplicate detection compares the prompt (instruction + input), the response, or both.
+DEDUP_ON = ("prompt", "response", "both")
+#: The Jaccard similarity of character shingles from which two examples are near duplicates.
+DEFAULT_DEDUP_THRESHOLD = 0.8
 
-S = TypeVar("S", bound="_Settings")
+S = TypeVar("S", bound="StageSettings")
 
 
 # --- checks, one per kind of value ----------------------------------------------------------
@@ -177,7 +182,7 @@ def budget_value(budget: Any) -> float:
 # --- the stages' settings -------------------------------------------------------------------
 
 
-class _Settings:
+class StageSettings:
     """What every stage's settings share: build from a mapping (unknown keys refused),
     replace some fields (validated again), and list the fields."""
 
@@ -217,14 +222,16 @@ def check_keys(given: Mapping[str, Any], known: set[str], where: str) -> None:
 
 
 @dataclass(frozen=True)
-class PrepareSettings(_Settings):
+class PrepareSettings(StageSettings):
     """Loading, formatting and tokenising the pool (``s2l prepare``).
 
     ``proxy``: a preset (``tiny``, ``small``, ``medium``) or a HF causal LM name or path, whose
     tokenizer is used; ``template``: the prompt format; ``max_length``: tokens per example
     (prompt + response); the ``*_column`` fields name the pool's columns (None: detected);
     ``split``: the split of a hub dataset; ``on_invalid``: refuse the pool (``error``) or drop
-    and report invalid examples (``skip``).
+    and report invalid examples (``skip``); ``dedup``: drop exact and near duplicates compared
+    on ``prompt``, ``response`` or ``both`` (None: off), near from a Jaccard similarity of
+    ``dedup_threshold`` (see :mod:`smalltolarge.dedup`).
     """
 
     proxy: str = "tiny"
@@ -237,6 +244,8 @@ class PrepareSettings(_Settings):
     id_column: str | None = None
     split: str = "train"
     on_invalid: str = "error"
+    dedup: str | None = None
+    dedup_threshold: float = DEFAULT_DEDUP_THRESHOLD
 
     def __post_init__(self) -> None:
         check_name("proxy", self.proxy)
@@ -247,6 +256,8 @@ class PrepareSettings(_Settings):
         check_name("id_column", self.id_column, optional=True)
         check_name("split", self.split)
         check_choice("on_invalid", self.on_invalid, ON_INVALID)
+        check_choice("dedup", self.dedup, DEDUP_ON, optional=True)
+        check_in_range("dedup_threshold", self.dedup_threshold, 0, 1, closed="(]")
 
 
 def _check_training(s: Any) -> None:
@@ -262,7 +273,7 @@ def _check_training(s: Any) -> None:
 
 
 @dataclass(frozen=True)
-class ProxySettings(_Settings):
+class ProxySettings(StageSettings):
     """Training the proxy and recording its trajectories (``s2l train-proxy``).
 
     ``learning_rate`` / ``batch_size`` None: a preset's own (1e-3, 16), or the reference's
@@ -297,7 +308,7 @@ class ProxySettings(_Settings):
 
 
 @dataclass(frozen=True)
-class ScoreSettings(_Settings):
+class ScoreSettings(StageSettings):
     """Scoring saved proxy checkpoints (``s2l score``): precision and real tokens per batch."""
 
     precision: str = "auto"
@@ -309,7 +320,7 @@ class ScoreSettings(_Settings):
 
 
 @dataclass(frozen=True)
-class SelectSettings(_Settings):
+class SelectSettings(StageSettings):
     """Selecting a subset (``s2l select``): the method, the budget (a fraction, a count or a
     percentage), the seed, S2L's number of clusters (None: the method's default) and the
     column to select within (None: the whole pool at once)."""
@@ -329,7 +340,7 @@ class SelectSettings(_Settings):
 
 
 @dataclass(frozen=True)
-class FinetuneSettings(_Settings):
+class FinetuneSettings(StageSettings):
     """Fine-tuning the target on a subset (``s2l finetune``): the reference recipe (3 epochs,
     lr 2e-5, warm-up 3%, cosine), full fine-tuning or LoRA."""
 
@@ -344,7 +355,7 @@ class FinetuneSettings(_Settings):
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    lora_target_modules: tuple[str, ...] | None = None
+    lora_target_modules: tuple[str, ...] | str | None = None
     precision: str = "auto"
     seed: int = 0
     save_steps: int | None = None
@@ -359,15 +370,19 @@ class FinetuneSettings(_Settings):
         check_positive_int("lora_r", self.lora_r)
         check_positive("lora_alpha", self.lora_alpha)
         check_in_range("lora_dropout", self.lora_dropout, 0.0, 1.0, closed="[)")
-        if self.lora_target_modules is not None:
-            if isinstance(self.lora_target_modules, str) or not all(
-                isinstance(m, str) and m for m in self.lora_target_modules
+        targets = self.lora_target_modules
+        if targets is not None and targets != "all-linear":
+            # any other single string is a regular expression to peft, not a module name
+            if (
+                isinstance(targets, str)
+                or not targets
+                or not all(isinstance(t, str) and t for t in targets)
             ):
                 raise S2LError(
-                    "lora_target_modules must be a list of module names, not "
-                    f"{self.lora_target_modules!r}"
+                    "lora_target_modules must be a non-empty list of module names or "
+                    f"'all-linear', not {targets!r}"
                 )
-            object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))
+            object.__setattr__(self, "lora_target_modules", tuple(targets))
         check_positive_int("save_steps", self.save_steps, optional=True)
 
 
@@ -376,10 +391,10 @@ METRICS = ("auto", "exact_match", "rouge_l", "loss")
 
 
 @dataclass(frozen=True)
-class EvalSettings(_Settings):
+class EvalSettings(StageSettings):
     """Evaluating a model (``s2l evaluate``): greedy generation of at most ``max_new_tokens``
-    for a generation metric, one forward pass of at most ``max_length`` tokens per example for
-    ``loss``; ``max_examples`` None: all."""
+    for a generation metric, one forward pass of at most ``max_length`` tokens per example
+    (``max_tokens`` real tokens per batch) for ``loss``; ``max_examples`` None: all."""
 
     template: str = "alpaca"
     metric: str = "auto"
@@ -389,10 +404,12 @@ class EvalSettings(_Settings):
     max_examples: int | None = None
     answer_column: str | None = None
     max_length: int = DEFAULT_MAX_LENGTH
+    max_tokens: int = DEFAULT_MAX_TOKENS
 
     def __post_init__(self) -> None:
         check_choice("template", self.template, TEMPLATES)
         check_choice("metric", self.metric, METRICS)
+        check_positive_int("max_tokens", self.max_tokens)
         check_positive_int("max_new_tokens", self.max_new_tokens)
         check_positive_int("batch_size", self.batch_size)
         check_precision("precision", self.precision)
@@ -401,7 +418,7 @@ class EvalSettings(_Settings):
         check_max_length(self.max_length)
 
 
-STAGES: dict[str, type[_Settings]] = {
+STAGES: dict[str, type[StageSettings]] = {
     "prepare": PrepareSettings,
     "proxy": ProxySettings,
     "score": ScoreSettings,

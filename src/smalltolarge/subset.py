@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,8 @@ from smalltolarge.runs import (
     fingerprint,
     read_json,
 )
-from smalltolarge.scoring import load_run_trajectories
 from smalltolarge.selection import (
+    Selector,
     Signals,
     Stratified,
     accepts,
@@ -39,7 +40,8 @@ from smalltolarge.selection import (
     resolve_budget,
     trajectory_diagnostics,
 )
-from smalltolarge.trajectories import align_to_pool, import_trajectories
+from smalltolarge.settings import budget_label
+from smalltolarge.trajectories import align_to_pool, import_trajectories, load_run_trajectories
 
 #: Per-example cluster labels of a selection (``id``, ``cluster``), next to ``ids.txt``.
 CLUSTERS_FILE = "clusters.parquet"
@@ -84,15 +86,15 @@ def select_subset(
     reference code does: per source, with clusters of at most two rows set aside (see
     :mod:`smalltolarge.presets`).
     """
-    run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    run_dir = RunDir.of(run_dir)
     if trajectories is None:
-        inputs = _run_inputs(run_dir)
+        inputs = run_inputs(run_dir)
     else:
         inputs = _imported_inputs(run_dir, trajectories, trajectory_ids, pool)
     the_pool, signals = inputs.pool, inputs.signals
 
     n_budget = resolve_budget(budget, len(the_pool), n_selectable=signals.n)
-    defaults = vars(make_selector(method))  # a setting given at its default changes nothing
+    defaults = make_selector(method).get_params()  # a setting at its default changes nothing
     given = {
         k: v
         for k, v in {"n_clusters": n_clusters, **(settings or {})}.items()
@@ -107,9 +109,7 @@ def select_subset(
         preset=preset,
     )
     stratify = isinstance(selector, Stratified)
-    described = {k: v for k, v in vars(selector).items() if not k.endswith("_")}
-    if isinstance(selector, Stratified):
-        described = {"stratified": True, **vars(selector.selector)}
+    described = selector.settings()
     name = name or _default_name(method, budget, seed, stratify, preset, given)
     out = run_dir.selection_dir(name)
     fp = fingerprint(inputs.fingerprint, method, str(described), n_budget, seed, stratify)
@@ -127,26 +127,71 @@ def select_subset(
         _refuse_other_settings(out, summary.get("selection_settings"), recorded)
 
     picked = selector.select(signals, n_budget, seed)
+    rounded = _budget_rounding_note(budget, len(the_pool), n_budget)
+    return write_selection(
+        out,
+        inputs,
+        selector,
+        picked,
+        budget=budget,
+        seed=seed,
+        record={
+            "fingerprint": fp,
+            "selection_settings": recorded,
+            "method": method,
+            "preset": preset or "default",
+            "settings": described,
+        },
+        warnings=[rounded] if rounded else [],
+    )
+
+
+def write_selection(
+    out: Path,
+    inputs: SelectionInputs,
+    selector: Selector,
+    picked: np.ndarray,
+    *,
+    budget: float | int | str,
+    seed: int,
+    record: dict[str, Any],
+    warnings: Sequence[str] = (),
+    files: dict[str, str] | None = None,
+) -> SelectionResult:
+    """Write the selection of ``picked`` by the fitted ``selector`` to the directory ``out``.
+
+    Writes the subset in the pool's format, ``ids.txt`` (pool order), the text ``files``
+    (name -> content), :data:`CLUSTERS_FILE` for a clustering method, and ``summary.json``
+    last: the pool and selection counts, ``selector.summary_()``, trajectory diagnostics, then
+    ``inputs.notes``, ``record`` (fingerprint, method, settings, ...) and where things are.
+
+    Args:
+        out: the selection directory.
+        inputs: what the selection read.
+        selector: the selector, fitted on ``inputs.signals``.
+        picked: ``(k,)`` int rows of ``inputs.signals`` selected.
+        budget, seed: as given by the user, recorded in the summary.
+        record: entries of ``summary.json`` that describe the selection.
+        warnings: notes put before the selector's own warnings.
+        files: further text files to write before the summary.
+    """
+    pool, signals = inputs.pool, inputs.signals
     selected_pool_index = np.sort(inputs.pool_index[picked])
-    pool_rows = np.asarray(the_pool.dataset["row"], dtype=np.int64)[selected_pool_index]
-    ids = [str(i) for i in np.asarray(the_pool.dataset["id"], dtype=object)[selected_pool_index]]
+    pool_rows = np.asarray(pool.dataset["row"], dtype=np.int64)[selected_pool_index]
+    ids = [str(i) for i in np.asarray(pool.dataset["id"], dtype=object)[selected_pool_index]]
 
     (out / "summary.json").unlink(missing_ok=True)
-    subset_path = write_subset(the_pool, pool_rows, out)
+    subset_path = write_subset(pool, pool_rows, out)
     atomic_write_text(out / "ids.txt", "".join(f"{i}\n" for i in ids))
-    _write_clusters(out / CLUSTERS_FILE, signals.ids, _cluster_labels(selector, signals.n))
-    summary = _summary(selector, signals, picked, the_pool, budget=budget, seed=seed)
-    rounded = _budget_rounding_note(budget, len(the_pool), n_budget)
-    if rounded:
-        summary["warnings"].insert(0, rounded)
+    for file_name, text in (files or {}).items():
+        atomic_write_text(out / file_name, text)
+    _write_clusters(out / CLUSTERS_FILE, signals.ids, selector.labels_)
+    summary = _summary(selector, signals, picked, pool, budget=budget, seed=seed)
+    summary["warnings"][:0] = warnings
     summary.update(
         inputs.notes,
-        fingerprint=fp,
-        selection_settings=recorded,
-        method=method,
-        preset=preset or "default",
-        settings=described,
-        name=name,
+        **record,
+        name=out.name,
         subset_file=subset_path.name,
         trajectories_fingerprint=inputs.fingerprint,
         n_checkpoints=int(signals.losses.shape[1]),
@@ -163,7 +208,7 @@ def make_pool_selector(
     stratify_by: str | None = None,
     settings: dict[str, Any] | None = None,
     preset: str | None = None,
-):
+) -> Selector:
     """The selector that :func:`select_subset` would use on ``pool``, its settings checked
     (method, K, the source column of ``stratify_by``, the preset's settings). Cheap: the
     pipeline calls it before training so that a bad setting fails first, not last."""
@@ -211,18 +256,7 @@ def _default_name(
     ]
     extra = "".join(f"-{part}" for part in parts)
     strat = "-stratified" if stratify else ""
-    return f"{method}{mode}{strat}-{_budget_label(budget)}{extra}-seed{seed}"
-
-
-def _budget_label(budget: float | int | str) -> str:
-    """One spelling per budget (already checked): ``0.30``, ``0.3`` and ``30%`` are ``0.3``;
-    a count stays a count (``3000``)."""
-    text = str(budget).strip()
-    if text.endswith("%"):
-        return repr(float(text[:-1]) / 100)
-    if isinstance(budget, float) or "." in text or "e" in text.lower():
-        return repr(float(text))
-    return str(int(text))
+    return f"{method}{mode}{strat}-{budget_label(budget)}{extra}-seed{seed}"
 
 
 def _recorded_settings(
@@ -236,7 +270,7 @@ def _recorded_settings(
                 "method": method,
                 "preset": preset or "default",
                 "settings": described,
-                "budget": _budget_label(budget),
+                "budget": budget_label(budget),
                 "seed": seed,
             },
             default=str,
@@ -269,7 +303,7 @@ def _refuse_other_settings(out: Path, theirs: dict[str, Any] | None, ours: dict[
 
 def _budget_rounding_note(budget: float | int | str, n_pool: int, n_budget: int) -> str | None:
     """A warning when a fractional budget was rounded up to one example."""
-    label = _budget_label(budget)
+    label = budget_label(budget)
     if "." not in label and "e" not in label:
         return None
     exact = float(label) * n_pool
@@ -279,9 +313,10 @@ def _budget_rounding_note(budget: float | int | str, n_pool: int, n_budget: int)
 
 
 @dataclass
-class _Inputs:
+class SelectionInputs:
     """What a selection reads: the pool, the signals of its selectable examples, where each
-    signal row sits in the pool, a fingerprint of it all, and notes for the summary."""
+    signal row sits in the pool (``pool_index``, ``(n,)`` int64), a fingerprint of it all, and
+    notes for the summary."""
 
     pool: Pool
     signals: Signals
@@ -290,7 +325,8 @@ class _Inputs:
     notes: dict[str, Any]
 
 
-def _run_inputs(run_dir: RunDir) -> _Inputs:
+def run_inputs(run_dir: RunDir) -> SelectionInputs:
+    """The run's own inputs: its saved pool, tokenised pool and trajectories, rows checked."""
     pool = load_saved_pool(run_dir)
     tokenised = load_tokenised(run_dir)
     traj = load_run_trajectories(run_dir)
@@ -305,10 +341,10 @@ def _run_inputs(run_dir: RunDir) -> _Inputs:
         embeddings=None if traj.embeddings is None else np.asarray(traj.embeddings, np.float32),
     )
     notes = {"n_scorable": len(tokenised), "n_excluded": len(tokenised.excluded)}
-    return _Inputs(pool, signals, pool_index, traj.fingerprint or "", notes)
+    return SelectionInputs(pool, signals, pool_index, traj.fingerprint or "", notes)
 
 
-def _imported_inputs(run_dir: RunDir, path, ids, pool_path) -> _Inputs:
+def _imported_inputs(run_dir: RunDir, path, ids, pool_path) -> SelectionInputs:
     pool = load_pool(pool_path) if pool_path is not None else load_saved_pool(run_dir)
     traj = import_trajectories(path, ids=ids)
     rows, pool_index, report = align_to_pool(traj, pool.ids, where=str(path))
@@ -334,7 +370,7 @@ def _imported_inputs(run_dir: RunDir, path, ids, pool_path) -> _Inputs:
         "excluded_because": "no trajectory, or a non-finite loss",
         **report,
     }
-    return _Inputs(
+    return SelectionInputs(
         pool, signals, pool_index, fingerprint(traj.fingerprint, pool.fingerprint), notes
     )
 
@@ -346,7 +382,7 @@ def _sources(pool: Pool, pool_index: np.ndarray) -> np.ndarray | None:
 
 
 def _summary(
-    selector, signals: Signals, picked: np.ndarray, pool: Pool, *, budget, seed: int
+    selector: Selector, signals: Signals, picked: np.ndarray, pool: Pool, *, budget, seed: int
 ) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "budget": budget,
@@ -360,36 +396,17 @@ def _summary(
             "pool": round(float(signals.lengths.mean()), 2),
             "subset": round(float(signals.lengths[picked].mean()), 2),
         }
-    inner = selector.selector if isinstance(selector, Stratified) else selector
-    if isinstance(selector, Stratified):
-        sizes, taken = [], []
-        for fitted in selector.selectors_.values():
-            if hasattr(fitted, "cluster_sizes_"):
-                sizes += fitted.cluster_sizes_.tolist()
-                taken += fitted.cluster_taken_.tolist()
-        if sizes:
-            summary["clusters"] = _cluster_summary(np.array(sizes), np.array(taken))
-        summary["source_quotas"] = selector.quotas_
-        effective = {
-            name: fitted.n_clusters_
-            for name, fitted in selector.selectors_.items()
-            if hasattr(fitted, "n_clusters_")
-        }
-        if effective:
-            summary["n_clusters_effective"] = effective
-    elif hasattr(inner, "cluster_sizes_"):  # S2L, k-means on embeddings
-        summary["clusters"] = _cluster_summary(inner.cluster_sizes_, inner.cluster_taken_)
-        summary["n_clusters_effective"] = int(inner.n_clusters_)
-    if hasattr(inner, "n_clusters"):
-        summary["n_clusters_requested"] = int(inner.n_clusters)
+    fitted = selector.summary_()
+    warnings = fitted.pop("warnings")
+    summary.update(fitted)
     diagnostics = trajectory_diagnostics(
         signals.losses,
-        labels=_cluster_labels(selector, signals.n),
+        labels=selector.labels_,
         sources=signals.sources,
         lengths=signals.lengths,
     )
     summary["diagnostics"] = diagnostics
-    summary["warnings"] = [*getattr(selector, "warnings_", []), *diagnostics["warnings"]]
+    summary["warnings"] = [*warnings, *diagnostics["warnings"]]
     if signals.sources is not None:
         in_pool = Counter(str(s) for s in signals.sources)
         in_subset = Counter(str(s) for s in signals.sources[picked])
@@ -398,25 +415,6 @@ def _summary(
             for s in sorted(in_pool)
         ]
     return summary
-
-
-def _cluster_labels(selector, n: int) -> np.ndarray | None:
-    """The ``(n,)`` cluster of every row, or None for a method that does not cluster.
-
-    Per-source clusterings are numbered one source after another, so labels stay distinct."""
-    if not isinstance(selector, Stratified):
-        return getattr(selector, "labels_", None)
-    fitted = selector.selectors_
-    if not fitted or not all(hasattr(f, "labels_") for f in fitted.values()):
-        return None
-    labels = np.empty(n, dtype=np.int64)
-    offset = 0
-    for source, rows in selector.rows_.items():
-        # a source with a zero quota was never clustered: it counts as one group
-        local = fitted[source].labels_ if source in fitted else np.zeros(len(rows), np.int64)
-        labels[rows] = local + offset
-        offset += int(local.max()) + 1
-    return labels
 
 
 def _write_clusters(path: Path, ids: np.ndarray, labels: np.ndarray | None) -> None:
@@ -431,13 +429,3 @@ def _write_clusters(path: Path, ids: np.ndarray, labels: np.ndarray | None) -> N
     table = pa.table({"id": [str(i) for i in ids], "cluster": np.asarray(labels, np.int64)})
     with atomic_open(path) as f:
         pq.write_table(table, f)
-
-
-def _cluster_summary(sizes: np.ndarray, taken: np.ndarray) -> dict[str, Any]:
-    order = np.argsort(sizes, kind="stable")
-    return {
-        "n_clusters": int(len(sizes)),
-        "sizes": [int(s) for s in sizes[order]],
-        "taken": [int(t) for t in taken[order]],
-        "taken_whole": int(((taken == sizes) & (sizes > 0)).sum()),
-    }

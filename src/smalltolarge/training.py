@@ -1,27 +1,166 @@
-"""The training recipe shared by the proxy and the target: arguments, batch order, progress.
+"""The one training recipe of the proxy and the target: :func:`fit`.
 
 Both are trained with the Hugging Face ``Trainer`` (AdamW, cosine schedule with warm-up,
 gradient accumulation, bf16/fp16, length-grouped batches, several processes through
-``accelerate launch``), with a resumable state saved every few steps; this module holds what
-the two stages share so that they cannot drift apart.
+``accelerate launch``), with a resumable state saved every few steps. :func:`fit` does what the
+two stages share, top to bottom: set up, resume, train, save; each stage keeps only what
+differs (its model, its data, its outputs and its metadata).
 """
 
 from __future__ import annotations
 
-import re
+import math
 import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from transformers import Trainer, TrainingArguments
-from transformers.trainer_callback import ProgressCallback
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from smalltolarge.errors import S2LError
-from smalltolarge.progress import bar
+from smalltolarge.formatting import collate
+from smalltolarge.progress import bar, library_bars
+from smalltolarge.runs import atomic_write_json, distributed_state, read_json, step_dirs
 
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+@dataclass(frozen=True)
+class Recipe:
+    """The settings that decide what is trained: AdamW with a cosine schedule and warm-up.
+
+    The effective batch is ``batch_size * grad_accum * processes``; ``precision`` is a
+    resolved name (``fp32``, ``bf16`` or ``fp16``); ``seed`` seeds the data order and dropout.
+    Values are checked by :func:`check_training_settings` at the stage's public entry.
+    """
+
+    epochs: float
+    learning_rate: float
+    batch_size: int
+    grad_accum: int
+    warmup_ratio: float
+    precision: str
+    seed: int
+
+    def total_steps(self, n_examples: int, processes: int) -> int:
+        """Optimiser steps to train ``n_examples`` for ``epochs`` on ``processes`` processes."""
+        per_step = self.batch_size * self.grad_accum * processes
+        return math.ceil(math.ceil(n_examples / per_step) * self.epochs)
+
+    def settings(self) -> dict[str, Any]:
+        """The recipe as a JSON-ready dict (for fingerprints and metadata)."""
+        return asdict(self)
+
+
+def fit(
+    model: torch.nn.Module,
+    dataset: Any,
+    recipe: Recipe,
+    *,
+    resume_dir: Path,
+    meta_path: Path,
+    fingerprint: str,
+    save: Callable[[Trainer], dict[str, Any]],
+    total_steps: int,
+    save_steps: int,
+    pad_id: int,
+    stale: Path | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+    name: str = "training",
+    description: str = "training",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``model`` on the tokenised ``dataset`` with ``recipe``, resumably; return the
+    metadata written to ``meta_path``.
+
+    1. Set up: trainer state in ``resume_dir`` left by another training (its
+       ``fingerprint.json`` names another ``fingerprint``) is removed, with all of ``stale``
+       (default: ``resume_dir``) -- outputs of that other training.
+    2. Resume from the last checkpoint in ``resume_dir`` that was written to the end.
+    3. Train ``total_steps`` steps, saving resumable state every ``save_steps``; batches are
+       right-padded with ``pad_id``.
+    4. Save: ``save(trainer)`` (called on every process, which may have to take part in
+       gathering sharded weights) writes the stage's outputs and returns its metadata; the
+       main process writes it to ``meta_path`` with ``fingerprint`` and how training went
+       (steps, resumed-from step, losses as ``[step, loss]`` pairs, seconds), then removes
+       ``resume_dir``.
+
+    Under ``accelerate launch`` every process calls this. ``name`` prefixes the messages
+    (printed only when ``progress``), ``description`` labels the progress bar.
+    """
+    state = distributed_state()
+    say = print if progress and state.is_main_process else _silent
+
+    # set up
+    if state.is_main_process:
+        marker = resume_dir / "fingerprint.json"
+        if not (marker.is_file() and read_json(marker).get("fingerprint") == fingerprint):
+            shutil.rmtree(stale or resume_dir, ignore_errors=True)
+        atomic_write_json(marker, {"fingerprint": fingerprint})
+    state.wait_for_everyone()
+    trainer = SeededOrderTrainer(
+        model=model,
+        args=training_arguments(
+            resume_dir, recipe, total_steps=total_steps, save_steps=save_steps, progress=progress
+        ),
+        train_dataset=dataset,
+        data_collator=lambda examples: collate(examples, pad_id),
+        callbacks=list(callbacks),
+    )
+    if progress:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(LossProgressCallback(description))
+    else:
+        trainer.remove_callback(PrinterCallback)
+
+    # resume
+    last = last_complete_checkpoint(resume_dir, is_main_process=state.is_main_process)
+    resumed_from = int(Path(last).name.rsplit("-", 1)[-1]) if last else None
+    if last:
+        say(f"{name}: resuming from step {resumed_from} ({last})")
+
+    # train
+    started = time.perf_counter()
+    # the libraries' own bars (one per checkpoint written) would break into the training bar
+    with library_bars(False):
+        trainer.train(resume_from_checkpoint=last)
+    seconds = time.perf_counter() - started
+
+    # save
+    if state.is_main_process:
+        # An old metadata file next to half-replaced outputs would vouch for the wrong ones.
+        meta_path.unlink(missing_ok=True)
+    with library_bars(progress):
+        stage_meta = save(trainer)
+    losses = [[h["step"], h["loss"]] for h in trainer.state.log_history if "loss" in h]
+    meta = {
+        "fingerprint": fingerprint,
+        **stage_meta,
+        "total_steps": total_steps,
+        "global_step": trainer.state.global_step,
+        "resumed_from_step": resumed_from,
+        "processes": state.num_processes,
+        "pad_token_id": pad_id,
+        "train_loss_first": losses[0][1] if losses else None,
+        "train_loss_last": losses[-1][1] if losses else None,
+        "train_loss_history": losses,
+        "seconds": round(seconds, 2),
+    }
+    if state.is_main_process:
+        atomic_write_json(meta_path, meta)
+        shutil.rmtree(resume_dir, ignore_errors=True)
+    state.wait_for_everyone()
+    return meta
+
+
+def last_logged_loss(trainer: Trainer) -> float | None:
+    """The last training loss the trainer logged, or None."""
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return losses[-1] if losses else None
 
 
 def check_training_settings(
@@ -48,43 +187,62 @@ def check_training_settings(
         raise S2LError(f"save_steps must be a positive integer, not {save_steps!r}")
 
 
+def checkpoint_steps(
+    total_steps: int, n_checkpoints: int | None = None, every: int | None = None
+) -> list[int]:
+    """The steps at which to record the proxy (and keep its weights, if asked).
+
+    ``n_checkpoints`` evenly spaced points ending at the last step, or every ``every`` steps
+    (the reference code: every 500). Exactly one of the two must be given.
+    """
+    if (n_checkpoints is None) == (every is None):
+        raise S2LError("give either a number of checkpoints or a checkpoint interval, not both")
+    if total_steps < 1:
+        raise S2LError("training has no steps: the pool is empty or the batch too large")
+    if every is not None:
+        if every < 1:
+            raise S2LError(f"checkpoint interval must be positive, not {every}")
+        steps = list(range(every, total_steps + 1, every))
+        if not steps:
+            raise S2LError(f"checkpoint interval {every} exceeds the {total_steps} training steps")
+        return steps
+    assert n_checkpoints is not None
+    if n_checkpoints < 1:
+        raise S2LError(f"number of checkpoints must be positive, not {n_checkpoints}")
+    if n_checkpoints > total_steps:
+        raise S2LError(
+            f"{n_checkpoints} checkpoints asked for, but training has only {total_steps} steps; "
+            "ask for fewer checkpoints, more epochs or a smaller batch"
+        )
+    return sorted({round(total_steps * k / n_checkpoints) for k in range(1, n_checkpoints + 1)})
+
+
 def training_arguments(
-    resume_dir: Path,
-    *,
-    total_steps: int,
-    save_steps: int,
-    progress: bool,
-    epochs: float,
-    learning_rate: float,
-    batch_size: int,
-    grad_accum: int,
-    warmup_ratio: float,
-    precision: str,
-    seed: int,
+    resume_dir: Path, recipe: Recipe, *, total_steps: int, save_steps: int, progress: bool
 ) -> TrainingArguments:
     """S2L's training recipe, with the resumable state in ``resume_dir`` saved every
     ``save_steps`` steps (only the latest kept)."""
     return TrainingArguments(
         output_dir=str(resume_dir),
-        num_train_epochs=epochs,
+        num_train_epochs=recipe.epochs,
         max_steps=total_steps,
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum,
-        learning_rate=learning_rate,
+        per_device_train_batch_size=recipe.batch_size,
+        gradient_accumulation_steps=recipe.grad_accum,
+        learning_rate=recipe.learning_rate,
         lr_scheduler_type="cosine",
         # a float below 1 is read as a fraction of the total steps
-        warmup_steps=warmup_ratio,
+        warmup_steps=recipe.warmup_ratio,
         weight_decay=0.0,
         optim="adamw_torch",
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
+        bf16=recipe.precision == "bf16",
+        fp16=recipe.precision == "fp16",
         logging_steps=max(1, total_steps // 50),
         logging_first_step=True,
         save_strategy="steps",
         save_steps=save_steps,
         save_total_limit=1,
-        seed=seed,
-        data_seed=seed,
+        seed=recipe.seed,
+        data_seed=recipe.seed,
         train_sampling_strategy="group_by_length",
         remove_unused_columns=False,
         # peft's forward takes **kwargs, from which Trainer cannot tell the label column
@@ -94,6 +252,21 @@ def training_arguments(
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
     )
+
+
+def last_complete_checkpoint(resume_dir: str | Path, *, is_main_process: bool = True) -> str | None:
+    """The newest trainer checkpoint in ``resume_dir`` that was written to the end, or None.
+
+    ``Trainer`` writes ``trainer_state.json`` after the weights, optimizer, scheduler and RNG
+    states, so a checkpoint without it was cut short (a run killed while saving); resuming
+    from it would fail, so it is removed (by the main process) and the one before is used.
+    """
+    for _, path in reversed(step_dirs(resume_dir, "checkpoint-")):
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+        if is_main_process:
+            shutil.rmtree(path, ignore_errors=True)
+    return None
 
 
 class SeededOrderTrainer(Trainer):
@@ -160,30 +333,5 @@ class LossProgressCallback(ProgressCallback):
                 self.training_bar.set_postfix(shown, refresh=False)
 
 
-def last_logged_loss(trainer: Trainer) -> float | None:
-    """The last training loss the trainer logged, or None."""
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return losses[-1] if losses else None
-
-
-def last_complete_checkpoint(resume_dir: str | Path, *, is_main_process: bool = True) -> str | None:
-    """The newest trainer checkpoint in ``resume_dir`` that was written to the end, or None.
-
-    ``Trainer`` writes ``trainer_state.json`` after the weights, optimizer, scheduler and RNG
-    states, so a checkpoint without it was cut short (a run killed while saving); resuming
-    from it would fail, so it is removed (by the main process) and the one before is used.
-    """
-    resume_dir = Path(resume_dir)
-    if not resume_dir.is_dir():
-        return None
-    found = []
-    for child in resume_dir.iterdir():
-        match = _CHECKPOINT.match(child.name)
-        if match and child.is_dir():
-            found.append((int(match.group(1)), child))
-    for _, path in sorted(found, reverse=True):
-        if (path / "trainer_state.json").is_file():
-            return str(path)
-        if is_main_process:
-            shutil.rmtree(path, ignore_errors=True)
+def _silent(*args: Any, **kwargs: Any) -> None:
     return None

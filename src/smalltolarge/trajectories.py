@@ -11,7 +11,10 @@ On disk (``RUN/trajectories/``):
   computed.
 
 The ids travel with the matrix, so a pool that was re-ordered or edited is detected (by its
-fingerprint) or re-aligned (by id), never silently misaligned.
+fingerprint) or re-aligned (by id), never silently misaligned: :func:`load_run_trajectories`
+loads a run's trajectories only when they match its tokenised pool and proxy, and
+:func:`import_trajectories` reads trajectories computed elsewhere, matched to a pool by id
+(:func:`align_to_pool`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from smalltolarge.errors import S2LError
-from smalltolarge.runs import atomic_save_npy, atomic_write_json, read_json
+from smalltolarge.runs import (
+    RunDir,
+    atomic_save_npy,
+    atomic_write_json,
+    read_json,
+    read_proxy_meta,
+)
 
 
 @dataclass
@@ -117,6 +126,64 @@ class Trajectories:
                 f"{where} were computed on a different tokenisation of this pool (template, "
                 f"max_length or tokenizer changed); " + (next_step or "re-run `s2l score`")
             )
+
+
+def load_run_trajectories(run_dir: str | os.PathLike | RunDir) -> Trajectories:
+    """Load ``RUN/trajectories`` and check it against the run's tokenised pool and proxy.
+
+    A missing or stale artifact is refused with the stage that has to run next: ``s2l
+    train-proxy`` when the proxy is missing or was trained on another tokenisation (a new
+    ``s2l prepare`` since), ``s2l score`` otherwise."""
+    run_dir = RunDir.of(run_dir)
+    meta = _tokenised_meta(run_dir)
+    proxy_meta = read_proxy_meta(run_dir) if run_dir.proxy_meta.is_file() else None
+    recorded = proxy_meta and proxy_meta.get("recorded_trajectories")
+    scored = run_dir.trajectories_meta.is_file()
+    if proxy_meta is None and not scored:
+        raise S2LError(f"{run_dir.root}: the proxy is not trained (run `s2l train-proxy` first)")
+    stale_proxy = proxy_meta is not None and proxy_meta.get("tokenised_fingerprint") not in (
+        None,
+        meta["fingerprint"],
+    )
+    if stale_proxy and not scored:
+        check_proxy_matches(run_dir, proxy_meta, meta["fingerprint"])
+    traj = Trajectories.load(run_dir.trajectories_dir)
+    traj.check_matches(
+        meta["pool_fingerprint"],
+        meta["fingerprint"],
+        where=str(run_dir.trajectories_dir),
+        next_step="run `s2l train-proxy` first (the proxy was trained on the old one), then "
+        "`s2l score`"
+        if stale_proxy
+        else None,
+    )
+    scored_by = traj.meta.get("proxy_fingerprint")
+    if proxy_meta is not None and scored_by not in (None, proxy_meta["fingerprint"]):
+        raise S2LError(
+            f"{run_dir.trajectories_dir} were scored with an earlier proxy (the proxy was "
+            "re-trained since); "
+            + ("re-run `s2l train-proxy --force`" if recorded else "run `s2l score`")
+        )
+    return traj
+
+
+def _tokenised_meta(run_dir: RunDir) -> dict[str, Any]:
+    """``tokenised.json`` of a prepared run (refused, naming `s2l prepare`, when missing)."""
+    if not run_dir.tokenised_meta.is_file():
+        raise S2LError(f"{run_dir.root}: no tokenised pool (run `s2l prepare POOL` first)")
+    return read_json(run_dir.tokenised_meta)
+
+
+def check_proxy_matches(run_dir: RunDir, proxy_meta: dict[str, Any], tokenised_fp: str) -> None:
+    """Refuse a proxy trained on another tokenisation: its vocabulary and the token ids of
+    the pool no longer agree, so scoring with it would be wrong (or fail half-way)."""
+    theirs = proxy_meta.get("tokenised_fingerprint")
+    if theirs is not None and theirs != tokenised_fp:
+        raise S2LError(
+            f"{run_dir.proxy_dir} was trained on a different pool or tokenisation (fingerprint "
+            f"{theirs}; {run_dir.tokenised_meta} has {tokenised_fp}: `s2l prepare` ran since); "
+            "run `s2l train-proxy` first, then `s2l score`"
+        )
 
 
 def import_trajectories(

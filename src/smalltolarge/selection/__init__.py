@@ -8,7 +8,6 @@ Typical use::
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from smalltolarge.errors import S2LError
@@ -67,7 +66,7 @@ __all__ = [
     "water_fill",
 ]
 
-SELECTORS: dict[str, type] = {
+SELECTORS: dict[str, type[Selector]] = {
     "s2l": S2LSelector,
     "random": RandomSelector,
     "random-balanced": BalancedRandomSelector,
@@ -107,7 +106,7 @@ def make_selector(method: str, *, stratify: bool = False, **settings: Any) -> Se
             f"unknown selection method {method!r}; known: {', '.join(sorted(SELECTORS))}"
         )
     cls = SELECTORS[method]
-    accepted = _settings_of(cls)
+    accepted = cls.param_names()
     given = {key: value for key, value in settings.items() if value is not None}
     unknown = sorted(set(given) - set(accepted))
     if unknown:
@@ -116,21 +115,10 @@ def make_selector(method: str, *, stratify: bool = False, **settings: Any) -> Se
             f"selection method {method!r} does not take {', '.join(unknown)} (it takes: {takes})"
         )
     selector = cls(**given)
-    check = getattr(selector, "_check_settings", None)
-    if check is not None:  # refuse a bad setting now, not after the stages before selection
-        check()
+    selector.check_settings()  # refuse a bad setting now, not after the stages before selection
     return Stratified(selector) if stratify else selector
 
 
 def accepts(method: str, setting: str) -> bool:
     """True when the selector registered as ``method`` takes ``setting`` in its constructor."""
-    return method in SELECTORS and setting in _settings_of(SELECTORS[method])
-
-
-def _settings_of(cls: type) -> list[str]:
-    """The constructor arguments of a selector class, in order."""
-    return [
-        p.name
-        for p in inspect.signature(cls.__init__).parameters.values()
-        if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    ]
+    return method in SELECTORS and setting in SELECTORS[method].param_names()

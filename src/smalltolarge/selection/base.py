@@ -1,7 +1,8 @@
-"""What every selector shares: the signals it reads, its protocol, budgets and water-filling.
+"""What every selector shares: the signals it reads, its base class, budgets and water-filling.
 
-A selector reads :class:`Signals` (the loss trajectories of the selectable examples and their
-side columns, rows aligned) and returns the sorted row indices of the examples it keeps.
+A selector (a :class:`Selector`) reads :class:`Signals` (the loss trajectories of the selectable
+examples and their side columns, rows aligned) and returns the sorted row indices of the
+examples it keeps.
 :func:`water_fill` is the balancing rule of S2L — visit groups from smallest to largest and give
 each an equal share of what is left, small groups taken whole — and is reused both to spread a
 budget over clusters (:func:`balanced_sample`) and over data sources (stratified mode).
@@ -9,15 +10,15 @@ budget over clusters (:func:`balanced_sample`) and over data sources (stratified
 
 from __future__ import annotations
 
-import math
-import numbers
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
 from smalltolarge.errors import S2LError
+from smalltolarge.settings import parse_budget
 
 # Rows checked per step when scanning a (possibly memory-mapped) loss matrix, so that the check
 # never materialises a temporary the size of the whole matrix.
@@ -49,13 +50,7 @@ class Signals:
 
     def __post_init__(self) -> None:
         losses = self.losses if isinstance(self.losses, np.ndarray) else np.asarray(self.losses)
-        if losses.ndim != 2:
-            raise S2LError(
-                f"loss trajectories must be a 2-D (examples, checkpoints) matrix, "
-                f"got shape {losses.shape}"
-            )
-        if losses.shape[1] == 0:
-            raise S2LError("loss trajectories have no checkpoints (shape (n, 0))")
+        check_loss_shape(losses)
         if losses.dtype != np.float32:
             if not np.issubdtype(losses.dtype, np.number):
                 raise S2LError(f"loss trajectories must be numeric, got dtype {losses.dtype}")
@@ -102,19 +97,90 @@ class Signals:
         )
 
 
-@runtime_checkable
-class Selector(Protocol):
-    """A data-selection method: settings in the constructor, the work in :meth:`select`."""
+class Selector:
+    """Base of every selection method: settings in the constructor, the work in :meth:`select`.
 
-    name: str
+    As in scikit-learn, the constructor only stores its arguments, each under its own name, so
+    the constructor's signature lists the settings: :meth:`get_params` reads them back by it
+    and ``repr`` shows them (no memory address: the text is the same from run to run).
+    :meth:`select` checks the settings, the budget and the seed once, then
+    calls the subclass's :meth:`_select` with checked values. A new method is a subclass that
+    sets ``name``, stores its settings in ``__init__``, implements :meth:`_select` and, if its
+    settings have a range, :meth:`check_settings`.
+
+    Attributes (set by :meth:`select`):
+        warnings_: plain-words notes on a selection that carries little information.
+        labels_: ``(n,)`` int64 cluster of each example, or None for a method that does not
+            cluster.
+    """
+
+    name: str = ""
+
+    @classmethod
+    def param_names(cls) -> list[str]:
+        """The constructor's arguments (the settings), in order."""
+        return [
+            p.name
+            for p in inspect.signature(cls.__init__).parameters.values()
+            if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
+
+    def get_params(self) -> dict[str, Any]:
+        """Setting name -> value, in the constructor's order."""
+        return {name: getattr(self, name) for name in self.param_names()}
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{name}={value!r}" for name, value in self.get_params().items())
+        return f"{type(self).__name__}({settings})"
+
+    def settings(self) -> dict[str, Any]:
+        """The settings as a selection records them (``summary.json``'s ``settings``)."""
+        return self.get_params()
+
+    def check_settings(self) -> None:
+        """Raise S2LError for a setting out of its range (by default there is none to check)."""
+
+    def _check_ints(self, *settings: str, minimum: int = 1) -> None:
+        """Raise S2LError unless each of the named settings is an int ``>= minimum``."""
+        for setting in settings:
+            value = getattr(self, setting)
+            is_int = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+            if not is_int or value < minimum:
+                raise S2LError(
+                    f"{self.name} setting {setting} must be an int >= {minimum}, got {value!r}"
+                )
 
     def select(self, signals: Signals, budget: int, seed: int) -> np.ndarray:
         """Pick ``budget`` examples of ``signals``.
 
+        Args:
+            signals: the selectable examples.
+            budget: number of examples to select, an int ``0 <= budget <= n``.
+            seed: non-negative int; fixes every random choice of the method.
+
         Returns:
             ``(budget,)`` sorted, unique int64 row indices into ``signals``.
+
+        Raises:
+            S2LError: for a setting out of range, a bad budget or seed, or signals the method
+                needs but were not given.
         """
-        ...
+        self.check_settings()
+        check_budget(budget, signals.n)
+        seed = check_seed(seed)
+        self.warnings_: list[str] = []
+        self.labels_: np.ndarray | None = None
+        return self._select(signals, int(budget), seed)
+
+    def _select(self, signals: Signals, budget: int, seed: int) -> np.ndarray:
+        """The method itself, on checked settings, budget and seed (see :meth:`select`)."""
+        raise NotImplementedError
+
+    def summary_(self) -> dict[str, Any]:
+        """What the fitted selection adds to ``summary.json``: at least ``warnings``; a
+        clustering method adds ``clusters`` (:func:`cluster_summary`), ``n_clusters_effective``
+        and ``n_clusters_requested``."""
+        return {"warnings": list(self.warnings_)}
 
 
 def resolve_budget(budget: float | int | str, n_total: int, n_selectable: int | None = None) -> int:
@@ -139,7 +205,7 @@ def resolve_budget(budget: float | int | str, n_total: int, n_selectable: int | 
     pool = f"the pool has {n_total} examples" + (
         f" ({n_selectable} selectable)" if n_selectable != n_total else ""
     )
-    fraction, count = _parse_budget(budget, pool)
+    fraction, count = parse_budget(budget, pool)
     if fraction is not None:
         if not 0 < fraction <= 1:
             raise S2LError(
@@ -244,6 +310,27 @@ def balanced_sample(
     return np.sort(np.concatenate(picked)).astype(np.int64, copy=False)
 
 
+def cluster_summary(sizes: np.ndarray, taken: np.ndarray) -> dict[str, Any]:
+    """The ``clusters`` entry of ``summary.json``: cluster sizes and what was taken from each.
+
+    Args:
+        sizes: ``(K,)`` int rows per cluster.
+        taken: ``(K,)`` int rows selected per cluster.
+
+    Returns:
+        ``n_clusters``, ``sizes`` and ``taken`` (both lists ordered by ascending size, ties in
+        the order given) and ``taken_whole`` (non-empty clusters selected entirely).
+    """
+    sizes, taken = np.asarray(sizes), np.asarray(taken)
+    order = np.argsort(sizes, kind="stable")
+    return {
+        "n_clusters": int(len(sizes)),
+        "sizes": [int(s) for s in sizes[order]],
+        "taken": [int(t) for t in taken[order]],
+        "taken_whole": int(((taken == sizes) & (sizes > 0)).sum()),
+    }
+
+
 def check_budget(budget: int, n: int) -> None:
     """Raise S2LError unless ``budget`` is an int in ``[0, n]`` (for :meth:`Selector.select`)."""
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)):
@@ -252,6 +339,17 @@ def check_budget(budget: int, n: int) -> None:
         raise S2LError(f"budget {budget} is negative; give a number of examples")
     if budget > n:
         raise S2LError(f"budget {budget} asks for more examples than the {n} there are")
+
+
+def check_loss_shape(losses: np.ndarray) -> None:
+    """S2LError unless the array ``losses`` is a 2-D ``(n, T)`` matrix with ``T >= 1``."""
+    if losses.ndim != 2:
+        raise S2LError(
+            f"loss trajectories must be a 2-D (examples, checkpoints) matrix, "
+            f"got shape {losses.shape}"
+        )
+    if losses.shape[1] == 0:
+        raise S2LError("loss trajectories have no checkpoints (shape (n, 0))")
 
 
 def check_seed(seed: int) -> int:
@@ -289,33 +387,6 @@ def _rows_by_label(labels: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         members[next_slot[sorted_labels] + rank_in_label] = order + lo
         next_slot += counts
     return members
-
-
-def _parse_budget(budget: float | int | str, pool: str) -> tuple[float | None, int | None]:
-    """``(fraction, None)`` or ``(None, count)`` for a user budget; S2LError if neither."""
-    if isinstance(budget, bool):
-        raise S2LError(f"budget {budget!r} is not a number; {pool}")
-    if isinstance(budget, numbers.Integral):
-        return None, int(budget)
-    if isinstance(budget, numbers.Real):
-        value = float(budget)
-        if not math.isfinite(value):
-            raise S2LError(f"budget {budget!r} is not a finite number; {pool}")
-        return value, None
-    if isinstance(budget, str):
-        text = budget.strip()
-        try:
-            if text.endswith("%"):
-                return float(text[:-1]) / 100.0, None
-            if "." in text or "e" in text.lower():
-                return float(text), None
-            return None, int(text)
-        except ValueError:
-            pass
-    raise S2LError(
-        f"budget {budget!r} is not a number: give a count (e.g. 1000), a fraction (e.g. 0.3) "
-        f"or a percentage (e.g. 30%); {pool}"
-    )
 
 
 def _rows_aligned(name: str, values: object, n: int, *, ndim: int) -> np.ndarray:

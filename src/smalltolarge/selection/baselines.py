@@ -20,13 +20,12 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 
 import numpy as np
 
 from smalltolarge.errors import S2LError
-from smalltolarge.selection.base import Signals, check_budget, check_seed
+from smalltolarge.selection.base import Selector, Signals
 from smalltolarge.selection.s2l import S2LSelector
 from smalltolarge.selection.stratified import Stratified
 
@@ -34,40 +33,18 @@ from smalltolarge.selection.stratified import Stratified
 _CHUNK_ROWS = 1_000_000
 
 
-class _SettingsRepr:
-    """``ClassName(setting=value, ...)`` from the constructor's parameters, like scikit-learn.
-
-    A selection's fingerprint is built from its settings' text, so the text must not carry
-    a memory address (the default ``object.__repr__``).
-    """
-
-    def __repr__(self) -> str:
-        names = [
-            p.name
-            for p in inspect.signature(type(self).__init__).parameters.values()
-            if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        ]
-        settings = ", ".join(f"{name}={getattr(self, name)!r}" for name in names)
-        return f"{type(self).__name__}({settings})"
-
-
-class RandomSelector(_SettingsRepr):
+class RandomSelector(Selector):
     """Uniform random selection without replacement (the standard baseline)."""
 
     name = "random"
 
-    def select(self, signals: Signals, budget: int, seed: int) -> np.ndarray:
-        """Draw ``budget`` of the ``n`` examples uniformly without replacement.
-
-        Returns:
-            ``(budget,)`` sorted unique int64 row indices into ``signals``.
-        """
-        check_budget(budget, signals.n)
-        rng = np.random.default_rng(check_seed(seed))
+    def _select(self, signals: Signals, budget: int, seed: int) -> np.ndarray:
+        """Draw ``budget`` of the ``n`` examples uniformly without replacement."""
+        rng = np.random.default_rng(seed)
         return np.sort(rng.choice(signals.n, size=budget, replace=False)).astype(np.int64)
 
 
-class BalancedRandomSelector(_SettingsRepr, Stratified):
+class BalancedRandomSelector(Stratified):
     """Uniform random selection inside each source, the budget water-filled over sources.
 
     The same as ``Stratified(RandomSelector())``, registered under its own name so that it can
@@ -76,25 +53,22 @@ class BalancedRandomSelector(_SettingsRepr, Stratified):
     ``selectors_``).
     """
 
+    name = "random-balanced"
+
     def __init__(self) -> None:
         super().__init__(RandomSelector())
-        self.name = "random-balanced"
 
-    def select(self, signals: Signals, budget: int, seed: int) -> np.ndarray:
-        """Select ``budget`` examples of ``signals``, uniformly within each source.
-
-        Returns:
-            ``(budget,)`` sorted unique int64 row indices into ``signals``.
-        """
+    def _select(self, signals: Signals, budget: int, seed: int) -> np.ndarray:
+        """Select ``budget`` examples of ``signals``, uniformly within each source."""
         if signals.sources is None:
             raise S2LError(
                 "random-balanced selection needs the source of every example "
                 "(Signals.sources), but the pool has no source column"
             )
-        return super().select(signals, budget, seed)
+        return super()._select(signals, budget, seed)
 
 
-class _ScoreRanking(_SettingsRepr):
+class _ScoreRanking(Selector):
     """Keep the ``budget`` examples of largest score, ties to the smaller row index.
 
     Subclasses set ``name`` and implement :meth:`scores`.
@@ -109,20 +83,9 @@ class _ScoreRanking(_SettingsRepr):
         """``(n,)`` float64 score of each example; larger is selected first."""
         raise NotImplementedError
 
-    def select(self, signals: Signals, budget: int, seed: int) -> np.ndarray:
-        """Select the ``budget`` examples of largest score.
-
-        Args:
-            signals: the selectable examples.
-            budget: number of examples to select, ``0 <= budget <= n``.
-            seed: checked but otherwise unused: the ranking is deterministic.
-
-        Returns:
-            ``(budget,)`` sorted unique int64 row indices into ``signals``.
-        """
-        check_seed(seed)
+    def _select(self, signals: Signals, budget: int, seed: int) -> np.ndarray:
+        """The ``budget`` examples of largest score; ``seed`` is unused (deterministic)."""
         scores = self.scores(signals)
-        check_budget(budget, signals.n)
         self.scores_ = scores
         # Negating keeps the sort stable in row order among equal scores (largest first).
         order = np.argsort(-scores, kind="stable")
@@ -208,7 +171,7 @@ class HighVariabilitySelector(_ScoreRanking):
         return _row_scores(signals.losses, lambda chunk: chunk.std(axis=1, dtype=np.float64))
 
 
-class MiddlePerplexitySelector(_SettingsRepr):
+class MiddlePerplexitySelector(Selector):
     """The ``budget`` examples of middle final perplexity, centred on the median.
 
     Examples are sorted by final-checkpoint loss (ties by row index); with ``n`` examples the
@@ -222,14 +185,8 @@ class MiddlePerplexitySelector(_SettingsRepr):
 
     name = "middle-perplexity"
 
-    def select(self, signals: Signals, budget: int, seed: int) -> np.ndarray:
-        """Select the ``budget`` examples around the median final loss.
-
-        Returns:
-            ``(budget,)`` sorted unique int64 row indices into ``signals``.
-        """
-        check_seed(seed)
-        check_budget(budget, signals.n)
+    def _select(self, signals: Signals, budget: int, seed: int) -> np.ndarray:
+        """The ``budget`` examples around the median final loss; ``seed`` is unused."""
         final = _row_scores(signals.losses, lambda chunk: chunk[:, -1])
         order = np.argsort(final, kind="stable")
         start = (signals.n - budget) // 2
@@ -239,24 +196,15 @@ class MiddlePerplexitySelector(_SettingsRepr):
         return np.sort(band).astype(np.int64, copy=False)
 
 
-class KMeansEmbeddingsSelector(_SettingsRepr, S2LSelector):
+class KMeansEmbeddingsSelector(S2LSelector):
     """S2L on proxy embeddings: k-means on ``signals.embeddings``, cluster-balanced sampling.
 
     The paper's ablation that clusters the proxy's representations instead of its loss
     trajectories. Embeddings are clustered as given (Euclidean, no normalisation), as S2L
     clusters raw trajectories.
 
-    Args:
-        n_clusters: number of k-means clusters ``K``; clamped to ``n`` on smaller pools.
-        n_iter: k-means iterations.
-        backend: ``"faiss"`` (default, fast) or ``"sklearn"``.
-
-    Attributes (set by :meth:`select`):
-        labels_: ``(n,)`` int64 cluster of each example.
-        centroids_: ``(K_eff, d)`` float32 cluster centres.
-        cluster_sizes_: ``(K_eff,)`` int64 examples per cluster.
-        cluster_taken_: ``(K_eff,)`` int64 examples selected per cluster.
-        n_clusters_: effective number of clusters ``K_eff = min(n_clusters, n)``.
+    Args and attributes: those of :class:`~smalltolarge.selection.s2l.S2LSelector` (``K`` is
+    reduced to ``K_eff`` on small pools the same way); ``centroids_`` are ``(K_eff, d)``.
     """
 
     name = "kmeans-embeddings"

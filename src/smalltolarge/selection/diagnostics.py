@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from smalltolarge.errors import S2LError
+from smalltolarge.selection.base import check_loss_shape
 
 #: Above this share of variance in the first principal component, the trajectories are
 #: reported as effectively one number per example.
@@ -196,14 +197,8 @@ def trajectory_moments(losses: np.ndarray) -> TrajectoryMoments:
     """
     if not hasattr(losses, "ndim"):
         losses = np.asarray(losses)
-    if losses.ndim != 2:
-        raise S2LError(
-            f"loss trajectories must be a 2-D (examples, checkpoints) matrix, "
-            f"got shape {losses.shape}"
-        )
+    check_loss_shape(losses)
     n, t = losses.shape
-    if t == 0:
-        raise S2LError("loss trajectories have no checkpoints (shape (n, 0))")
     if not (np.issubdtype(losses.dtype, np.integer) or np.issubdtype(losses.dtype, np.floating)):
         raise S2LError(f"loss trajectories must be real numbers, got dtype {losses.dtype}")
     if n == 0:

@@ -42,7 +42,7 @@ import math
 import numpy as np
 
 from smalltolarge.errors import S2LError
-from smalltolarge.selection.base import Signals, check_budget, check_seed
+from smalltolarge.selection.base import Selector, Signals, check_budget
 
 KNN_METHODS = ("auto", "exact", "ivf")
 
@@ -53,7 +53,7 @@ EXACT_KNN_MAX_ROWS = 50_000
 _SEARCH_CHUNK_ROWS = 16_384
 
 
-class FacilityLocationSelector:
+class FacilityLocationSelector(Selector):
     """Greedy facility location on cosine similarities of the proxy embeddings.
 
     Args:
@@ -78,40 +78,23 @@ class FacilityLocationSelector:
         self.knn = knn
         self.nprobe = nprobe
 
-    def __repr__(self) -> str:
-        return (
-            f"FacilityLocationSelector(n_neighbors={self.n_neighbors!r}, knn={self.knn!r}, "
-            f"nprobe={self.nprobe!r})"
-        )
+    def check_settings(self) -> None:
+        """Raise S2LError for a setting out of range (``n_neighbors``, ``knn``, ``nprobe``)."""
+        self._check_ints("n_neighbors", "nprobe")
+        if self.knn not in KNN_METHODS:
+            raise S2LError(f"unknown k-NN search {self.knn!r}; known: {', '.join(KNN_METHODS)}")
 
-    def select(self, signals: Signals, budget: int, seed: int) -> np.ndarray:
+    def _select(self, signals: Signals, budget: int, seed: int) -> np.ndarray:
         """Pick ``budget`` examples greedily maximising the facility-location objective.
 
-        Args:
-            signals: the selectable examples; only ``embeddings`` ``(n, d)`` is read.
-            budget: number of examples to select, ``0 <= budget <= n``.
-            seed: non-negative int; only seeds the IVF index's training (the exact path and
-                the greedy are deterministic).
-
-        Returns:
-            ``(budget,)`` sorted unique int64 row indices into ``signals``.
+        Only ``signals.embeddings`` ``(n, d)`` is read; ``seed`` only seeds the IVF index's
+        training (the exact path and the greedy are deterministic).
         """
         if signals.embeddings is None:
             raise S2LError(
                 "facility-location selection needs proxy embeddings (Signals.embeddings), "
                 "but none were given"
             )
-        check_budget(budget, signals.n)
-        seed = check_seed(seed)
-        for setting in ("n_neighbors", "nprobe"):
-            value = getattr(self, setting)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise S2LError(
-                    f"facility-location setting {setting} must be an int >= 1, got {value!r}"
-                )
-        if self.knn not in KNN_METHODS:
-            raise S2LError(f"unknown k-NN search {self.knn!r}; known: {', '.join(KNN_METHODS)}")
-
         n = signals.n
         method = self.knn
         if method == "auto":

@@ -13,11 +13,18 @@ memory-mapped matrix of 10^7 rows is never copied into memory as a whole.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from smalltolarge.errors import S2LError
-from smalltolarge.selection.base import Signals, balanced_sample, check_budget, check_seed
+from smalltolarge.selection.base import (
+    Selector,
+    Signals,
+    balanced_sample,
+    check_seed,
+    cluster_summary,
+)
 
 BACKENDS = ("faiss", "sklearn")
 
@@ -31,7 +38,7 @@ _ASSIGN_CHUNK_ROWS = 1_000_000
 Assigner = Callable[[np.ndarray], np.ndarray]
 
 
-class S2LSelector:
+class S2LSelector(Selector):
     """SmallToLarge selection: k-means on loss trajectories plus cluster-balanced sampling.
 
     Args:
@@ -72,26 +79,16 @@ class S2LSelector:
         self.min_rows_per_cluster = min_rows_per_cluster
         self.outlier_max_size = outlier_max_size
 
-    def select(self, signals: Signals, budget: int, seed: int) -> np.ndarray:
-        """Cluster ``signals.losses`` and draw ``budget`` examples balanced over the clusters.
-
-        Args:
-            signals: the selectable examples; only ``losses`` ``(n, T)`` is read.
-            budget: number of examples to select, ``0 <= budget <= n``.
-            seed: non-negative int; fixes both the clustering and the draws.
-
-        Returns:
-            ``(budget,)`` sorted unique int64 row indices into ``signals``.
-        """
-        self._check_settings()
+    def _select(self, signals: Signals, budget: int, seed: int) -> np.ndarray:
+        """Cluster ``signals.losses`` ``(n, T)`` and draw ``budget`` examples balanced over the
+        clusters; ``seed`` fixes both the clustering and the draws."""
         features = self._features(signals)
         n = signals.n
-        check_budget(budget, n)
         if n == 0:
             raise S2LError(f"cannot cluster an empty pool: there are no {self._what}")
         k = effective_clusters(int(self.n_clusters), n, int(self.min_rows_per_cluster))
         # Independent streams for the k-means training sample and for the per-cluster draws.
-        training_seed, draw_seed = np.random.SeedSequence(check_seed(seed)).spawn(2)
+        training_seed, draw_seed = np.random.SeedSequence(seed).spawn(2)
         labels, centroids = kmeans_labels(
             features, k, self.n_iter, seed, backend=self.backend, sample_seed=training_seed
         )
@@ -109,6 +106,16 @@ class S2LSelector:
         self.cluster_taken_ = np.bincount(labels[selected], minlength=k).astype(np.int64)
         self.warnings_ = self._clustering_warnings(features, n)
         return selected
+
+    def summary_(self) -> dict[str, Any]:
+        """``clusters``, ``n_clusters_effective`` (``K_eff``), ``n_clusters_requested`` (``K``)
+        and ``warnings`` of the fitted clustering."""
+        return {
+            "clusters": cluster_summary(self.cluster_sizes_, self.cluster_taken_),
+            "n_clusters_effective": int(self.n_clusters_),
+            "n_clusters_requested": int(self.n_clusters),
+            "warnings": list(self.warnings_),
+        }
 
     #: what :meth:`_features` clusters, for messages
     _what = "loss trajectories"
@@ -147,16 +154,10 @@ class S2LSelector:
             )
         return notes
 
-    def _check_settings(self) -> None:
-        for setting in ("n_clusters", "n_iter", "min_rows_per_cluster"):
-            value = getattr(self, setting)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise S2LError(f"{self.name} setting {setting} must be an int >= 1, got {value!r}")
-        value = self.outlier_max_size
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise S2LError(
-                f"{self.name} setting outlier_max_size must be an int >= 0, got {value!r}"
-            )
+    def check_settings(self) -> None:
+        """Raise S2LError for a setting out of range (K, iterations, backend, ...)."""
+        self._check_ints("n_clusters", "n_iter", "min_rows_per_cluster")
+        self._check_ints("outlier_max_size", minimum=0)
         if self.backend not in BACKENDS:
             raise S2LError(
                 f"unknown k-means backend {self.backend!r}; known: {', '.join(BACKENDS)}"

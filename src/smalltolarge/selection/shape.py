@@ -27,7 +27,6 @@ import numpy as np
 
 from smalltolarge.errors import S2LError
 from smalltolarge.selection.base import Signals
-from smalltolarge.selection.baselines import _SettingsRepr
 from smalltolarge.selection.diagnostics import (
     level_shape_variances,
     principal_components,
@@ -49,7 +48,7 @@ _CHUNK_ROWS = 262_144
 _ZERO_VARIANCE = 1e-12
 
 
-class WhitenedS2LSelector(_SettingsRepr, S2LSelector):
+class WhitenedS2LSelector(S2LSelector):
     """S2L on PCA-whitened trajectories: every kept direction of variation weighs the same.
 
     Rationale: in raw trajectories the level direction holds 95-98% of the variance, so it
@@ -101,19 +100,12 @@ class WhitenedS2LSelector(_SettingsRepr, S2LSelector):
         n_components: int | float = 0.99,
         min_variance_share: float = 1e-3,
     ) -> None:
-        super().__init__(
-            n_clusters=n_clusters,
-            n_iter=n_iter,
-            backend=backend,
-            min_rows_per_cluster=min_rows_per_cluster,
-            outlier_max_size=outlier_max_size,
-        )
+        super().__init__(n_clusters, n_iter, backend, min_rows_per_cluster, outlier_max_size)
         self.n_components = n_components
         self.min_variance_share = min_variance_share
 
     def _features(self, signals: Signals) -> np.ndarray:
         """``(n, k)`` float32 whitened principal-component scores of the trajectories."""
-        self._check_whitening()
         losses = signals.losses
         moments = trajectory_moments(losses)
         variances, components = principal_components(moments.covariance)
@@ -143,7 +135,9 @@ class WhitenedS2LSelector(_SettingsRepr, S2LSelector):
         above_floor = int((ratios >= self.min_variance_share).sum())
         return max(1, min(k, above_floor))
 
-    def _check_whitening(self) -> None:
+    def check_settings(self) -> None:
+        """Raise S2LError for a setting out of range (S2L's, ``n_components``, the floor)."""
+        super().check_settings()
         value = self.n_components
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise S2LError(
@@ -164,7 +158,7 @@ class WhitenedS2LSelector(_SettingsRepr, S2LSelector):
         _check_share(self.name, "min_variance_share", self.min_variance_share, upper_open=True)
 
 
-class ShapeS2LSelector(_SettingsRepr, S2LSelector):
+class ShapeS2LSelector(S2LSelector):
     """S2L on level plus shape: the mean loss and the row-centred curve, weighed as set.
 
     Each trajectory ``x_i`` (``T`` losses, nats) is split into its level ``m_i = mean_t x_it``
@@ -211,18 +205,16 @@ class ShapeS2LSelector(_SettingsRepr, S2LSelector):
         outlier_max_size: int = _S2L_DEFAULTS["outlier_max_size"],
         shape_weight: float = 0.5,
     ) -> None:
-        super().__init__(
-            n_clusters=n_clusters,
-            n_iter=n_iter,
-            backend=backend,
-            min_rows_per_cluster=min_rows_per_cluster,
-            outlier_max_size=outlier_max_size,
-        )
+        super().__init__(n_clusters, n_iter, backend, min_rows_per_cluster, outlier_max_size)
         self.shape_weight = shape_weight
+
+    def check_settings(self) -> None:
+        """Raise S2LError for a setting out of range (S2L's and ``shape_weight``)."""
+        super().check_settings()
+        _check_share(self.name, "shape_weight", self.shape_weight, upper_open=False)
 
     def _features(self, signals: Signals) -> np.ndarray:
         """``(n, 1 + T)`` float32 weighted level and shape features."""
-        _check_share(self.name, "shape_weight", self.shape_weight, upper_open=False)
         losses = signals.losses
         t = losses.shape[1]
         moments = trajectory_moments(losses)
@@ -243,7 +235,7 @@ class ShapeS2LSelector(_SettingsRepr, S2LSelector):
         return _project(losses, moments.mean, np.hstack([level_map, shape_map]))
 
 
-class CartographyS2LSelector(_SettingsRepr, S2LSelector):
+class CartographyS2LSelector(S2LSelector):
     """S2L on dataset-cartography coordinates: k-means on (confidence, variability).
 
     Dataset cartography (Swayamdipta et al., "Dataset Cartography: Mapping and Diagnosing

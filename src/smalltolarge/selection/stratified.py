@@ -10,19 +10,20 @@ gives source-balanced random selection.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import numpy as np
 
 from smalltolarge.errors import S2LError
-from smalltolarge.selection.base import Selector, Signals, check_budget, check_seed, water_fill
+from smalltolarge.selection.base import Selector, Signals, cluster_summary, water_fill
 
 
-class Stratified:
+class Stratified(Selector):
     """Run ``selector`` inside each source on a water-filled share of the budget.
 
     Args:
         selector: any :class:`~smalltolarge.selection.base.Selector`; it is not modified (each
-            source gets a fitted copy).
+            source gets a fitted copy). Its ``name`` is the wrapper's.
 
     Attributes (set by :meth:`select`):
         quotas_: source name -> number of examples selected from it.
@@ -31,25 +32,35 @@ class Stratified:
             (sources with a zero quota are absent).
         warnings_: the fitted copies' ``warnings_``, each prefixed with its source name.
         rows_: source name -> ``(n_source,)`` int64 rows of that source in ``signals``.
+        labels_: ``(n,)`` int64 cluster of each example when ``selector`` clusters (each
+            source's clusters numbered after the previous source's; a source with a zero quota
+            is one cluster), else None.
     """
 
     def __init__(self, selector: Selector) -> None:
         self.selector = selector
-        self.name = f"{selector.name}"
 
-    def select(self, signals: Signals, budget: int, seed: int) -> np.ndarray:
+    @property
+    def name(self) -> str:
+        """The wrapped selector's name."""
+        return self.selector.name
+
+    def settings(self) -> dict[str, Any]:
+        """``{"stratified": True}`` and the wrapped selector's settings."""
+        return {"stratified": True, **self.selector.settings()}
+
+    def check_settings(self) -> None:
+        """The wrapped selector's check."""
+        self.selector.check_settings()
+
+    def _select(self, signals: Signals, budget: int, seed: int) -> np.ndarray:
         """Select ``budget`` examples of ``signals``, split over ``signals.sources``.
 
         Each source's seed is derived from ``seed`` and the source's rank among the source
         names sorted alphabetically, so the result does not depend on the order of the rows.
-
-        Returns:
-            ``(budget,)`` sorted unique int64 row indices into ``signals``.
         """
         if signals.sources is None:
             raise S2LError("stratified selection needs a source column")
-        check_budget(budget, signals.n)
-        seed = check_seed(seed)
         try:
             names, source_of_row = np.unique(signals.sources, return_inverse=True)
         except TypeError as err:
@@ -78,8 +89,49 @@ class Stratified:
         self.warnings_ = [
             f"source {name}: {note}"
             for name, fitted in self.selectors_.items()
-            for note in getattr(fitted, "warnings_", [])
+            for note in fitted.warnings_
         ]
         self.source_sizes_ = {str(name): int(size) for name, size in zip(names, sizes, strict=True)}
         self.quotas_ = {str(name): int(quota) for name, quota in zip(names, quotas, strict=True)}
+        self.labels_ = self._joined_labels(signals.n)
         return np.sort(np.concatenate(picked)).astype(np.int64, copy=False)
+
+    def summary_(self) -> dict[str, Any]:
+        """``source_quotas`` and ``warnings``; for a clustering selector also the clusters of
+        every source together (``clusters``), ``n_clusters_effective`` per source and
+        ``n_clusters_requested``."""
+        fitted = {name: inner.summary_() for name, inner in self.selectors_.items()}
+        summary: dict[str, Any] = {}
+        clusters = [s["clusters"] for s in fitted.values() if "clusters" in s]
+        if clusters:
+            summary["clusters"] = cluster_summary(
+                np.array([size for c in clusters for size in c["sizes"]], dtype=np.int64),
+                np.array([taken for c in clusters for taken in c["taken"]], dtype=np.int64),
+            )
+        summary["source_quotas"] = dict(self.quotas_)
+        effective = {
+            name: s["n_clusters_effective"]
+            for name, s in fitted.items()
+            if "n_clusters_effective" in s
+        }
+        if effective:
+            summary["n_clusters_effective"] = effective
+        for s in fitted.values():  # every copy asks for the same K
+            if "n_clusters_requested" in s:
+                summary["n_clusters_requested"] = s["n_clusters_requested"]
+        summary["warnings"] = list(self.warnings_)
+        return summary
+
+    def _joined_labels(self, n: int) -> np.ndarray | None:
+        """The fitted copies' labels as one ``(n,)`` array, or None if any does not cluster."""
+        fitted = self.selectors_
+        if not fitted or any(inner.labels_ is None for inner in fitted.values()):
+            return None
+        labels = np.empty(n, dtype=np.int64)
+        offset = 0
+        for source, rows in self.rows_.items():
+            # a source with a zero quota was never clustered: it counts as one group
+            local = fitted[source].labels_ if source in fitted else np.zeros(len(rows), np.int64)
+            labels[rows] = local + offset
+            offset += int(local.max()) + 1
+        return labels

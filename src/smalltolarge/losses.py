@@ -1,0 +1,173 @@
+"""The loss kernel: every example's mean response-token loss under a model.
+
+Scoring a run, recording trajectories while the proxy trains and the held-out evaluation all
+compute the same number, so they share this kernel:
+- examples of similar length are batched under a token budget (:func:`length_batches`), with
+  right padding masked out of attention and loss;
+- the backbone runs once, then the output projection and cross-entropy only at response
+  positions, never a full (batch x length x vocabulary) logits tensor;
+- under ``torch.inference_mode`` and, optionally, bf16/fp16 autocast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+from smalltolarge.formatting import TokenArrays, length_batches
+from smalltolarge.models import autocast_dtype
+from smalltolarge.settings import DEFAULT_MAX_TOKENS
+
+# Configurations whose logits are more than lm_head(hidden): these get the plain forward pass.
+_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def score_model(
+    model: PreTrainedModel,
+    arrays: TokenArrays,
+    batches: Sequence[np.ndarray] | None = None,
+    *,
+    precision: str = "fp32",
+    device: str | torch.device = "cpu",
+    pad_id: int = 0,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    on_batch: Callable[[int], object] | None = None,
+) -> np.ndarray:
+    """Mean response loss of every example under ``model``: float32 array, shape (n,).
+
+    ``batches`` are index arrays into ``arrays`` (by default :func:`length_batches` with
+    ``max_tokens``); ``on_batch`` is called with the number of real tokens of each batch.
+    """
+    if batches is None:
+        batches = length_batches(arrays.lengths, max_tokens)
+    model.eval()
+    out = np.empty(len(arrays.response_start), dtype=np.float32)
+    for rows in batches:
+        for _, loss, _ in score_batches(
+            model,
+            arrays,
+            np.asarray(rows),
+            max_tokens=None,
+            precision=precision,
+            device=device,
+            pad_id=pad_id,
+        ):
+            out[rows] = loss
+        if on_batch is not None:
+            on_batch(int(arrays.lengths[rows].sum()))
+    return out
+
+
+def score_batches(
+    model: PreTrainedModel,
+    arrays: TokenArrays,
+    rows: np.ndarray,
+    *,
+    max_tokens: int | None,
+    precision: str,
+    device: str | torch.device,
+    pad_id: int,
+    embeddings: bool = False,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Score examples ``rows`` in length batches (``max_tokens`` None: one batch); yields
+    (positions within ``rows``, losses, pooled embeddings or None) per batch."""
+    device = torch.device(device)
+    amp = autocast_dtype(precision)
+    batches = (
+        [np.arange(len(rows))]
+        if max_tokens is None
+        else length_batches(arrays.lengths[rows], max_tokens)
+    )
+    with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        for pos in batches:
+            batch = {k: v.to(device) for k, v in arrays.batch(rows[pos], pad_id).items()}
+            result = response_losses(model, **batch, return_embeddings=embeddings)
+            if embeddings:
+                loss, emb = result
+                yield pos, loss.float().cpu().numpy(), emb.float().cpu().numpy()
+            else:
+                yield pos, result.float().cpu().numpy(), None
+
+
+def response_losses(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    return_embeddings: bool = False,
+    max_logit_elements: int = 1 << 26,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Mean negative log-likelihood of the labelled tokens of each row: float32, shape (batch,).
+
+    ``labels`` follow the Hugging Face convention (aligned with ``input_ids``, -100 where no
+    loss). Only the response positions go through the output projection, in chunks of at most
+    ``max_logit_elements`` logits, so memory stays flat whatever the vocabulary. With
+    ``return_embeddings``, also the last hidden state mean-pooled over each row's real tokens:
+    float32, shape (batch, hidden).
+    """
+    targets = labels[:, 1:]
+    mask = targets != -100
+    counts = mask.sum(dim=1)
+    if bool((counts == 0).any()):
+        raise ValueError("every row needs at least one labelled token")
+    rows = mask.nonzero(as_tuple=True)[0]
+    gold = targets[mask]
+    head = model.get_output_embeddings()
+    backbone = getattr(model, model.base_model_prefix, None)
+    if head is None or backbone is None or has_logit_postprocessing(model):
+        output = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            use_cache=False,
+            output_hidden_states=return_embeddings,
+        )
+        nll = F.cross_entropy(output.logits[:, :-1][mask].float(), gold, reduction="none")
+        last_hidden = output.hidden_states[-1] if return_embeddings else None
+    else:
+        last_hidden = backbone(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
+        hidden = last_hidden[:, :-1][mask]
+        # at most 1024 rows of logits at a time: larger chunks fall out of cache (measured 4x
+        # slower head + cross-entropy at 8000 rows, vocab 2048) and gain nothing
+        chunk = max(1, min(1024, max_logit_elements // head.weight.shape[0]))
+        nll = torch.cat(
+            [
+                F.cross_entropy(head(h).float(), g, reduction="none")
+                for h, g in zip(hidden.split(chunk), gold.split(chunk), strict=True)
+            ]
+        )
+    sums = torch.zeros(len(input_ids), dtype=torch.float32, device=nll.device)
+    sums.index_add_(0, rows, nll.float())
+    losses = sums / counts.to(sums.dtype)
+    if not return_embeddings:
+        return losses
+    weights = attention_mask.unsqueeze(-1).float()
+    pooled = (last_hidden.float() * weights).sum(dim=1) / weights.sum(dim=1)
+    return losses, pooled
+
+
+def has_logit_postprocessing(model: PreTrainedModel) -> bool:
+    """Whether the model's logits are more than its output projection of the hidden state
+    (soft-capping, scaling): then only the plain forward pass gives the right loss."""
+    config = model.config
+    text_config = getattr(config, "get_text_config", lambda: config)()
+    return any(
+        getattr(text_config, name, None) not in (None, 1, 1.0) for name in _LOGIT_POSTPROCESSING
+    )
+
+
+def reference_loss(model: PreTrainedModel, example: dict) -> float:
+    """One example's response loss computed the plain way (``model(..., labels=...).loss``),
+    as the public reference code does: what :func:`response_losses` must agree with (tests
+    and ``benchmarks/scoring.py`` compare against it). Not for scoring."""
+    ids = torch.as_tensor(example["input_ids"], dtype=torch.long)[None]
+    labels = ids.clone()
+    labels[0, : int(example["response_start"])] = -100
+    with torch.inference_mode():
+        return float(model(input_ids=ids, labels=labels).loss)
