@@ -163,9 +163,29 @@ def prepare_cmd(
         bool, typer.Option(help="Drop invalid examples and report them instead of stopping.")
     ] = False,
     preset: PresetOpt = None,
+    dedup: Annotated[
+        str | None,
+        typer.Option(
+            help="Drop exact and near duplicates first, compared on: prompt, response or both "
+            "(one kept per group; groups in RUN/duplicates.json).",
+            show_default=False,
+        ),
+    ] = None,
+    dedup_threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Character 5-gram Jaccard similarity from which two examples are near "
+            "duplicates, in (0, 1] (default 0.8).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """1-2. Load the pool, get the proxy's tokenizer, tokenise with the response mask."""
+    from smalltolarge.dedup import DedupSettings
     from smalltolarge.prepare import prepare
+
+    if dedup_threshold is not None and dedup is None:
+        raise S2LError("--dedup-threshold needs --dedup prompt, response or both")
 
     prepare(
         pool,
@@ -181,6 +201,58 @@ def prepare_cmd(
         split=split,
         on_invalid="skip" if skip_invalid else "error",
         preset=preset,
+        dedup=dedup,
+        dedup_threshold=DedupSettings.threshold if dedup_threshold is None else dedup_threshold,
+    )
+
+
+@app.command("dedup")
+def dedup_cmd(
+    pool: PoolArg,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Directory for the kept examples and the groups.")
+    ],
+    on: Annotated[str, typer.Option(help="Compare on: prompt, response or both.")] = "both",
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Character 5-gram Jaccard similarity from which two examples are near "
+            "duplicates, in (0, 1] (default 0.8).",
+            show_default=False,
+        ),
+    ] = None,
+    prompt_column: PromptColOpt = None,
+    input_column: InputColOpt = None,
+    response_column: ResponseColOpt = None,
+    id_column: IdColOpt = None,
+    split: Annotated[str, typer.Option(help="Split of a dataset dir or hub name.")] = "train",
+    skip_invalid: Annotated[
+        bool, typer.Option(help="Drop invalid examples and report them instead of stopping.")
+    ] = False,
+) -> None:
+    """Drop exact and near-duplicate examples: OUT/subset.* keeps one of each group, in the
+    input's format; OUT/duplicates.json lists the groups."""
+    from smalltolarge.data import load_pool
+    from smalltolarge.dedup import DUPLICATES_FILE, DedupSettings, write_deduplicated
+
+    settings = DedupSettings(
+        on=on, threshold=DedupSettings.threshold if threshold is None else threshold
+    )
+    loaded = load_pool(
+        pool,
+        prompt_column=prompt_column,
+        input_column=input_column,
+        response_column=response_column,
+        id_column=id_column,
+        split=split,
+        on_invalid="skip" if skip_invalid else "error",
+    )
+    written, report = write_deduplicated(loaded, out, settings)
+    typer.echo(
+        f"dedup: kept {report['n_examples'] - report['n_dropped']} of {report['n_examples']} "
+        f"examples in {written}; dropped {report['n_dropped_exact']} exact and "
+        f"{report['n_dropped_near']} near duplicates in {report['n_groups']} groups, listed in "
+        f"{Path(out) / DUPLICATES_FILE}"
     )
 
 
@@ -810,6 +882,7 @@ def _select_nested(
 
 def _report_run(result) -> None:
     from smalltolarge.report import print_paths, print_selection_summary
+    from smalltolarge.runs import RunDir
 
     print_selection_summary(result.selection.summary)
     rd = Path(result.run_dir)
@@ -818,7 +891,7 @@ def _report_run(result) -> None:
             "pool (normalised)": rd / "pool",
             "tokenised pool": rd / "tokenised",
             "proxy checkpoints": rd / "proxy",
-            "trajectories": rd / "trajectories" / "losses.npy",
+            "trajectories": RunDir(rd).trajectories_losses,
             **_selection_paths(result.selection),
         }
     )

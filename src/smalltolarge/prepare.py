@@ -2,7 +2,9 @@
 
 Writes ``pool/`` + ``pool.json`` (the normalised pool), ``tokenizer/`` (the proxy's tokenizer;
 for a preset, a byte-level BPE trained on this pool) and ``tokenised/`` + ``tokenised.json``.
-Each part is reused when its fingerprint matches what is on disk.
+With ``dedup``, duplicate examples are dropped from the pool first (one kept per group, see
+:mod:`smalltolarge.dedup`) and the groups written to ``duplicates.json``. Each part is reused
+when its fingerprint matches what is on disk.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from smalltolarge.data import Pool, load_pool, save_pool
+from smalltolarge.data import Pool, load_pool, load_saved_pool, save_pool
+from smalltolarge.dedup import DedupSettings, dedup_pool, duplicates_report
 from smalltolarge.errors import S2LError
 from smalltolarge.formatting import (
     TEMPLATES,
@@ -59,6 +62,8 @@ def prepare(
     split: str = "train",
     on_invalid: str = "error",
     preset: str | None = None,
+    dedup: str | None = None,
+    dedup_threshold: float = DedupSettings.threshold,
     progress: bool = True,
 ) -> Prepared:
     """Load ``pool_path`` into ``run_dir`` and tokenise it for ``proxy``.
@@ -68,8 +73,15 @@ def prepare(
     tokenisation starts. Returns the pool, the tokenised pool, and whether everything was
     reused from disk. ``preset="reference"`` tokenises with the reference code's template
     (see :mod:`smalltolarge.presets`).
+
+    ``dedup`` (``"prompt"``, ``"response"`` or ``"both"``; None: off) drops exact and near
+    duplicates compared on that text, keeping the first of each group; ``dedup_threshold`` is
+    the character-shingle Jaccard similarity from which two examples are near duplicates. The
+    dropped examples join ``pool.json``'s ``skipped`` as ``"duplicate of <id> (<kind>)"`` and the
+    groups are written to ``duplicates.json``; the settings enter the pool's fingerprint.
     """
-    run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    run_dir = RunDir.of(run_dir)
+    dedup_settings = None if dedup is None else DedupSettings(on=dedup, threshold=dedup_threshold)
     template = apply_preset(preset, template=(template, "alpaca"))["template"]
     if template not in TEMPLATES:
         raise S2LError(f"unknown template '{template}'; choose one of {', '.join(TEMPLATES)}")
@@ -101,13 +113,20 @@ def prepare(
         )
 
     saved = read_json(run_dir.pool_meta) if run_dir.pool_meta.is_file() else {}
+    pool_fp = pool.fingerprint
+    if dedup_settings is not None:  # known before deduplicating: a saved result can be reused
+        pool_fp = dedup_settings.pool_fingerprint(pool_fp)
     # Same content from another file (moved, converted) is re-saved: the subset is written
     # from the file the pool was loaded from.
     pool_current = (saved.get("fingerprint"), saved.get("source_path"), saved.get("format")) == (
-        pool.fingerprint,
+        pool_fp,
         pool.source_path,
         pool.format,
     )
+    if dedup_settings is not None:
+        pool, pool_current = _dedup(pool, run_dir, dedup_settings, pool_current, say)
+    elif not pool_current:
+        run_dir.duplicates.unlink(missing_ok=True)
     if not pool_current:
         save_pool(pool, run_dir)
 
@@ -137,6 +156,31 @@ def prepare(
             f"room for a response (ids {ids}{more}); listed in {run_dir.tokenised_meta}"
         )
     return Prepared(pool=pool, tokenised=tokenised, reused=reused)
+
+
+def _dedup(
+    pool: Pool, run_dir: RunDir, settings: DedupSettings, pool_current: bool, say
+) -> tuple[Pool, bool]:
+    """The deduplicated pool, and whether the saved one (with its ``duplicates.json``) is it."""
+    path = run_dir.duplicates
+    expected = settings.pool_fingerprint(pool.fingerprint)
+    if pool_current and path.is_file() and read_json(path).get("fingerprint") == expected:
+        report, how = read_json(path), "up to date, reused"
+        pool = load_saved_pool(run_dir)
+    else:
+        pool_current = False
+        # Written before the pool it describes: a pool.json never vouches for a stale one.
+        deduped, groups = dedup_pool(pool, settings)
+        report, how = duplicates_report(pool, groups, settings), "written"
+        atomic_write_json(path, report)
+        pool = deduped
+    say(
+        f"dedup: dropped {report['n_dropped']} of {report['n_examples']} examples in "
+        f"{report['n_groups']} groups ({report['n_dropped_exact']} exact, "
+        f"{report['n_dropped_near']} near duplicates; on {settings.on}, threshold "
+        f"{settings.threshold}); {path} {how}"
+    )
+    return pool, pool_current
 
 
 def _proxy_tokenizer(pool: Pool, run_dir: RunDir, proxy: str, template: str):

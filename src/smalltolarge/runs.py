@@ -147,6 +147,12 @@ class RunDir:
     def pool_meta(self) -> Path:
         return self.root / "pool.json"
 
+    @property
+    def duplicates(self) -> Path:
+        """The duplicate groups dropped from the pool (``prepare(dedup=...)``); beside
+        ``pool/``, which is replaced as a whole when the pool is saved."""
+        return self.root / "duplicates.json"
+
     # stage 2: tokenizer + tokenised pool
     @property
     def tokenizer_dir(self) -> Path:
