@@ -86,23 +86,66 @@ def pytest_configure(config):
 
 def tiny_llama(tokenizer, *, tie_word_embeddings: bool = False, seed: int = 0):
     """A randomly initialised 2-layer Llama (hidden 64) sized for ``tokenizer``, fp32,
-    deterministic for ``seed`` (the global RNG is left as it was)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    deterministic for ``seed``: the presets' builder at a test size."""
+    from smalltolarge.models import build_llama
 
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    return build_llama(
+        tokenizer,
         hidden_size=64,
         intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        num_layers=2,
+        num_heads=4,
         tie_word_embeddings=tie_word_embeddings,
+        seed=seed,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch single-threaded for a module (``pytestmark = pytest.mark.usefixtures(...)``):
+    these models are tiny, and on a shared machine torch's worker threads mostly wait on each
+    other (seconds instead of milliseconds per call)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def demo_records() -> list[dict]:
+    """The bundled demo eval set's records."""
+    import json
+
+    from smalltolarge.demo_data import DEMO_EVAL
+
+    return [json.loads(line) for line in DEMO_EVAL.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(demo_records):
+    """A 512-token BPE trained on the demo eval set's prompts and responses (a module that
+    needs another tokenizer defines its own ``tokenizer`` fixture)."""
+    from smalltolarge.formatting import format_prompt
+    from smalltolarge.models import train_bpe_tokenizer
+
+    texts = [format_prompt(r["instruction"]) + r["output"] for r in demo_records]
+    return train_bpe_tokenizer(texts, 512)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tokenizer):
+    """:func:`tiny_llama` (tied embeddings) for the ``tokenizer`` fixture, in eval mode."""
+    return tiny_llama(tokenizer, tie_word_embeddings=True).eval()
+
+
+def assert_valid_selection(rows, n: int, budget: int) -> None:
+    """``rows`` is a selection of ``budget`` of ``n`` rows: int64, sorted, unique, in range."""
+    import numpy as np
+
+    assert rows.dtype == np.int64
+    assert rows.shape == (budget,)
+    assert np.all(np.diff(rows) > 0), "rows must be sorted and unique"
+    if budget:
+        assert rows[0] >= 0 and rows[-1] < n

@@ -23,6 +23,8 @@ from smalltolarge.selection import (
     water_fill,
 )
 
+from .conftest import assert_valid_selection
+
 # --------------------------------------------------------------------------------------------
 # fixtures
 
@@ -63,14 +65,6 @@ def _blobs(sizes: list[int], dim: int = 16, spread: float = 0.01, seed: int = 0)
     centres = np.eye(dim, dtype=np.float32)[: len(sizes)] * 5
     points = centres[group] + rng.normal(0, spread, (len(group), dim)).astype(np.float32)
     return points.astype(np.float32), group
-
-
-def _assert_valid_selection(rows: np.ndarray, n: int, budget: int) -> None:
-    assert rows.dtype == np.int64
-    assert rows.shape == (budget,)
-    assert np.all(np.diff(rows) > 0), "rows must be sorted and unique"
-    if budget:
-        assert rows[0] >= 0 and rows[-1] < n
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,7 +117,7 @@ def test_selects_exactly_budget_and_is_deterministic(method):
     n = signals.n
     for budget in (0, 1, 7, 30, n - 1, n):
         rows = make_selector(method).select(signals, budget, seed=3)
-        _assert_valid_selection(rows, n, budget)
+        assert_valid_selection(rows, n, budget)
         again = make_selector(method).select(signals, budget, seed=3)
         np.testing.assert_array_equal(rows, again)
     with pytest.raises(S2LError, match="more examples than"):
@@ -277,7 +271,7 @@ def test_random_balanced_follows_water_fill_over_sources():
     signals = _signals(rng.random((len(sources), 3)), sources=sources)
     selector = make_selector("random-balanced")
     rows = selector.select(signals, 80, seed=1)
-    _assert_valid_selection(rows, signals.n, 80)
+    assert_valid_selection(rows, signals.n, 80)
     quotas = water_fill(list(sizes.values()), 80)  # names already sorted alphabetically
     picked = {name: int((sources[rows] == name).sum()) for name in sizes}
     assert picked == dict(zip(sizes, quotas.tolist(), strict=True))
@@ -419,7 +413,7 @@ def test_kmeans_embeddings_covers_every_cluster(backend, seed):
     k, budget = 8, 40
     selector = make_selector("kmeans-embeddings", n_clusters=k, backend=backend)
     rows = selector.select(signals, budget, seed=seed)
-    _assert_valid_selection(rows, 440, budget)
+    assert_valid_selection(rows, 440, budget)
     for cluster in range(k):
         assert len(np.unique(group[selector.labels_ == cluster])) <= 1, "a cluster mixes blobs"
     per_blob = np.bincount(group[rows], minlength=4)

@@ -7,17 +7,15 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 import smalltolarge.evaluate as ev
-from smalltolarge.demo_data import DEMO_EVAL
 from smalltolarge.errors import S2LError
 from smalltolarge.evaluate import EvalResult, evaluate, rouge_l, score_predictions
 from smalltolarge.formatting import format_prompt
 from smalltolarge.intervals import wilson_interval
-from smalltolarge.models import load_tokenizer, train_bpe_tokenizer
+from smalltolarge.models import load_tokenizer
 
-from .conftest import tiny_llama
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 PREDICTION_FIELDS = {
     "id",
@@ -35,21 +33,6 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The models here are tiny: with several busy processes on few cores, torch's thread pool
-    # waits far longer than the arithmetic takes (seconds instead of milliseconds per call).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def demo_records() -> list[dict]:
-    return _read_jsonl(DEMO_EVAL)
-
-
 @pytest.fixture(scope="module")
 def eval_file(tmp_path_factory, demo_records) -> Path:
     """12 bundled eval items: the first 4 of each of three sources."""
@@ -59,18 +42,6 @@ def eval_file(tmp_path_factory, demo_records) -> Path:
     path = tmp_path_factory.mktemp("eval") / "eval.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in chosen), encoding="utf-8")
     return path
-
-
-@pytest.fixture(scope="module")
-def tokenizer(demo_records):
-    texts = [format_prompt(r["instruction"]) + r["output"] for r in demo_records]
-    return train_bpe_tokenizer(texts, 512)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tokenizer):
-    """A randomly initialised 2-layer Llama (hidden 64), fp32; deterministic for the seed."""
-    return tiny_llama(tokenizer, tie_word_embeddings=True).eval()
 
 
 @pytest.fixture(scope="module")

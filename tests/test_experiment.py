@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from smalltolarge.compare import (
     COMPARISON_COLUMNS,
@@ -36,18 +35,10 @@ from smalltolarge.models import train_bpe_tokenizer
 
 from .conftest import tiny_llama
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 N_POOL = 80
 EVAL_PER_SOURCE = 2
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Run torch single-threaded: with matrices this small, torch's worker threads mostly wait
-    on each other on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

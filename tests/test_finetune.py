@@ -29,6 +29,8 @@ from smalltolarge.runs import read_json
 
 from .conftest import tiny_llama
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 N_TRAIN = 64
 MAX_LENGTH = 128
 # 64 examples (a few excluded as too long), batches of 8: 8 steps per epoch, 16 in all
@@ -69,17 +71,6 @@ class StopAfter(TrainerCallback):
         if state.global_step == self.step:
             raise KeyboardInterrupt
         return control
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Run torch single-threaded: these matrices are tiny, and on a shared machine torch's
-    worker threads wait on each other (a 16-step run takes ~3 s on one thread, ~50 s on two
-    cores that other processes keep busy)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -2,45 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
-from smalltolarge.demo_data import DEMO_EVAL
 from smalltolarge.errors import S2LError
 from smalltolarge.formatting import format_prompt
 from smalltolarge.generation import generate
-from smalltolarge.models import train_bpe_tokenizer
 
-from .conftest import tiny_llama
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The models here are tiny: with several busy processes on few cores, torch's thread pool
-    # waits far longer than the arithmetic takes (seconds instead of milliseconds per call).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def demo_records() -> list[dict]:
-    return [json.loads(line) for line in DEMO_EVAL.read_text(encoding="utf-8").splitlines()]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(demo_records):
-    texts = [format_prompt(r["instruction"]) + r["output"] for r in demo_records]
-    return train_bpe_tokenizer(texts, 512)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tokenizer):
-    """A randomly initialised 2-layer Llama (hidden 64), fp32; deterministic for the seed."""
-    return tiny_llama(tokenizer, tie_word_embeddings=True).eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,8 @@ from smalltolarge.selection import base as selection_base
 from smalltolarge.selection import s2l as s2l_module
 from smalltolarge.selection.s2l import effective_clusters
 
+from .conftest import assert_valid_selection
+
 # --------------------------------------------------------------------------------------------
 # fixtures
 
@@ -51,14 +53,6 @@ def _three_groups(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     group = np.repeat(np.arange(3), [500, 100, 20])
     losses = curves[group] + rng.normal(0.0, 0.05, (len(group), 8)).astype(np.float32)
     return losses, group
-
-
-def _assert_valid_selection(rows: np.ndarray, n: int, budget: int) -> None:
-    assert rows.dtype == np.int64
-    assert rows.shape == (budget,)
-    assert np.all(np.diff(rows) > 0), "rows must be sorted and unique"
-    if budget:
-        assert rows[0] >= 0 and rows[-1] < n
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,7 +144,7 @@ def test_balanced_sample_takes_small_clusters_whole():
     labels = np.repeat([0, 1, 2, 3], [2, 3, 50, 45])
     np.random.default_rng(0).shuffle(labels)
     rows = balanced_sample(labels, 20, np.random.default_rng(1))
-    _assert_valid_selection(rows, len(labels), 20)
+    assert_valid_selection(rows, len(labels), 20)
     np.testing.assert_array_equal(np.bincount(labels[rows], minlength=4), [2, 3, 8, 7])
     small = np.flatnonzero(labels <= 1)
     assert set(small) <= set(rows)
@@ -195,7 +189,7 @@ def test_balanced_sample_chunked_grouping(monkeypatch):
 def test_s2l_selects_exactly_budget(n, budget, k):
     selector = S2LSelector(n_clusters=k)
     rows = selector.select(_signals(_random_losses(n)), budget, seed=0)
-    _assert_valid_selection(rows, n, budget)
+    assert_valid_selection(rows, n, budget)
     k_eff = effective_clusters(k, n)
     assert selector.n_clusters_ == k_eff == max(1, min(k, n // 10))
     assert selector.labels_.shape == (n,) and selector.labels_.dtype == np.int64
@@ -219,7 +213,7 @@ def test_s2l_tiny_clusters_and_duplicates():
     losses[41:] = 9.0
     selector = S2LSelector(n_clusters=5, min_rows_per_cluster=1)
     rows = selector.select(_signals(losses), 10, seed=0)
-    _assert_valid_selection(rows, 43, 10)
+    assert_valid_selection(rows, 43, 10)
     assert {40, 41, 42} <= set(rows)
     assert any("empty" in note for note in selector.warnings_)
 
@@ -242,7 +236,7 @@ def test_s2l_separates_groups_and_balances(backend, seed):
     k, budget = 10, 200
     selector = S2LSelector(n_clusters=k, backend=backend)
     rows = selector.select(_signals(losses), budget, seed=seed)
-    _assert_valid_selection(rows, len(group), budget)
+    assert_valid_selection(rows, len(group), budget)
 
     for cluster in range(k):
         members = group[selector.labels_ == cluster]
@@ -260,7 +254,7 @@ def test_s2l_separates_groups_and_balances(backend, seed):
 def test_s2l_clamps_k_to_pool():
     selector = S2LSelector(n_clusters=100)
     rows = selector.select(_signals(_random_losses(30)), 12, seed=0)
-    _assert_valid_selection(rows, 30, 12)
+    assert_valid_selection(rows, 30, 12)
     assert selector.n_clusters_ == 3  # at least 10 rows per cluster on average
     assert selector.warnings_ == [
         "K reduced from 100 to 3: 30 rows, at least 10 per cluster on average"
@@ -277,7 +271,7 @@ def test_s2l_sklearn_backend():
     selector = S2LSelector(n_clusters=8, n_iter=5, backend="sklearn")
     signals = _signals(_random_losses(400))
     rows = selector.select(signals, 50, seed=3)
-    _assert_valid_selection(rows, 400, 50)
+    assert_valid_selection(rows, 400, 50)
     np.testing.assert_array_equal(rows, S2LSelector(8, 5, "sklearn").select(signals, 50, seed=3))
     assert selector.centroids_.dtype == np.float32
 
@@ -287,7 +281,7 @@ def test_s2l_reads_memory_map(tmp_path):
     np.save(path, _random_losses(500))
     losses = np.load(path, mmap_mode="r")
     rows = S2LSelector(n_clusters=10).select(_signals(losses), 77, seed=0)
-    _assert_valid_selection(rows, 500, 77)
+    assert_valid_selection(rows, 500, 77)
 
 
 def test_s2l_rejects_bad_settings_and_budgets():
@@ -326,7 +320,7 @@ def test_kmeans_labels_assigns_nearest_centroid_in_chunks(monkeypatch):
 def test_random_selector():
     signals = _signals(_random_losses(1000))
     rows = RandomSelector().select(signals, 100, seed=1)
-    _assert_valid_selection(rows, 1000, 100)
+    assert_valid_selection(rows, 1000, 100)
     np.testing.assert_array_equal(rows, RandomSelector().select(signals, 100, seed=1))
     assert not np.array_equal(rows, RandomSelector().select(signals, 100, seed=2))
     np.testing.assert_array_equal(RandomSelector().select(signals, 1000, seed=0), range(1000))
@@ -349,7 +343,7 @@ def test_stratified_quotas_follow_water_fill(inner):
     budget = 150
     wrapper = Stratified(inner)
     rows = wrapper.select(signals, budget, seed=0)
-    _assert_valid_selection(rows, signals.n, budget)
+    assert_valid_selection(rows, signals.n, budget)
     assert wrapper.name == inner.name
 
     names = sorted(sizes)  # alpaca, code, gsm8k -> sizes 40, 160, 300
@@ -587,7 +581,7 @@ def test_outliers_set_aside_as_in_the_reference(budget):
 def test_s2l_warns_about_constant_trajectories():
     selector = S2LSelector(n_clusters=5)
     rows = selector.select(_signals(np.full((60, 4), 2.5, dtype=np.float32)), 10, seed=0)
-    _assert_valid_selection(rows, 60, 10)
+    assert_valid_selection(rows, 60, 10)
     assert any("identical" in note for note in selector.warnings_)
 
 

@@ -56,7 +56,7 @@ def test_defaults_build_and_are_frozen():
         (ProxySettings, dict(batch_size=True), "batch_size must be a positive integer"),
         (ScoreSettings, dict(max_tokens=0), "max_tokens must be a positive integer"),
         (SelectSettings, dict(budget="lots"), "budget 'lots' is not a number"),
-        (SelectSettings, dict(n_clusters=0), "clusters must be a positive integer"),
+        (SelectSettings, dict(n_clusters=0), "n_clusters must be a positive integer"),
         (FinetuneSettings, dict(learning_rate=None), "learning_rate must be positive"),
         (FinetuneSettings, dict(lora_dropout=1.5), "lora_dropout must be in"),
         (FinetuneSettings, dict(lora_target_modules="q_proj"), "list of module names"),

@@ -17,6 +17,8 @@ from smalltolarge.selection import (
     make_selector,
 )
 
+from .conftest import assert_valid_selection
+
 SHAPE_METHODS = ["s2l-whitened", "s2l-shape", "s2l-cartography"]
 
 # --------------------------------------------------------------------------------------------
@@ -55,14 +57,6 @@ def _purity(labels: np.ndarray, family: np.ndarray) -> float:
     return majority / len(labels)
 
 
-def _assert_valid_selection(rows: np.ndarray, n: int, budget: int) -> None:
-    assert rows.dtype == np.int64
-    assert rows.shape == (budget,)
-    assert np.all(np.diff(rows) > 0), "rows must be sorted and unique"
-    if budget:
-        assert rows[0] >= 0 and rows[-1] < n
-
-
 # --------------------------------------------------------------------------------------------
 # registry and the selector contract
 
@@ -96,7 +90,7 @@ def test_exact_budget_sorted_unique_and_deterministic(method):
     signals = _signals(losses)
     for budget in (0, 1, 17, 60, 119, 120):
         rows = make_selector(method, n_clusters=6).select(signals, budget, seed=5)
-        _assert_valid_selection(rows, signals.n, budget)
+        assert_valid_selection(rows, signals.n, budget)
         again = make_selector(method, n_clusters=6).select(signals, budget, seed=5)
         np.testing.assert_array_equal(rows, again)
     picks = {tuple(make_selector(method, n_clusters=6).select(signals, 30, s)) for s in range(4)}
@@ -133,7 +127,7 @@ def test_degenerate_trajectories_still_select_exactly(method, losses):
     signals = _signals(losses)
     budget = min(10, signals.n)
     rows = make_selector(method, n_clusters=3).select(signals, budget, seed=0)
-    _assert_valid_selection(rows, signals.n, budget)
+    assert_valid_selection(rows, signals.n, budget)
 
 
 @pytest.mark.parametrize("method", SHAPE_METHODS)

@@ -38,7 +38,7 @@ from smalltolarge.models import (
     pad_token_id,
     resolve_precision,
 )
-from smalltolarge.progress import library_bars
+from smalltolarge.progress import library_bars, messages
 from smalltolarge.runs import (
     RunDir,
     atomic_dir,
@@ -47,7 +47,8 @@ from smalltolarge.runs import (
     read_json,
     stage_is_current,
 )
-from smalltolarge.training import Recipe, check_training_settings, fit
+from smalltolarge.settings import FinetuneSettings
+from smalltolarge.training import Recipe, fit
 
 if TYPE_CHECKING:
     from accelerate import PartialState
@@ -90,21 +91,21 @@ def finetune(
     train_data: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
-    template: str = "alpaca",
-    max_length: int = 512,
-    epochs: float = 3.0,
-    learning_rate: float = 2e-5,
-    batch_size: int = 8,
-    grad_accum: int = 1,
-    warmup_ratio: float = 0.03,
-    lora: bool = False,
-    lora_r: int = 16,
-    lora_alpha: int = 32,
-    lora_dropout: float = 0.05,
-    lora_target_modules: list[str] | None = None,
-    precision: str = "auto",
-    seed: int = 0,
-    save_steps: int | None = None,
+    template: str = FinetuneSettings.template,
+    max_length: int = FinetuneSettings.max_length,
+    epochs: float = FinetuneSettings.epochs,
+    learning_rate: float = FinetuneSettings.learning_rate,
+    batch_size: int = FinetuneSettings.batch_size,
+    grad_accum: int = FinetuneSettings.grad_accum,
+    warmup_ratio: float = FinetuneSettings.warmup_ratio,
+    lora: bool = FinetuneSettings.lora,
+    lora_r: int = FinetuneSettings.lora_r,
+    lora_alpha: int = FinetuneSettings.lora_alpha,
+    lora_dropout: float = FinetuneSettings.lora_dropout,
+    lora_target_modules: list[str] | str | None = FinetuneSettings.lora_target_modules,
+    precision: str = FinetuneSettings.precision,
+    seed: int = FinetuneSettings.seed,
+    save_steps: int | None = FinetuneSettings.save_steps,
     force: bool = False,
     progress: bool = True,
     callbacks: list[TrainerCallback] | None = None,
@@ -151,16 +152,9 @@ def finetune(
         raise TypeError(
             f"finetune() got unexpected keyword arguments: {', '.join(sorted(unknown))}"
         )
-    check_training_settings(
-        epochs=epochs,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        warmup_ratio=warmup_ratio,
-        save_steps=save_steps,
+    FinetuneSettings(  # every setting checked once, here, before anything is loaded
+        **{name: value for name, value in locals().items() if name in FinetuneSettings.names()}
     )
-    if lora:
-        _check_lora(lora_r, lora_alpha, lora_dropout, lora_target_modules)
     recipe = Recipe(
         epochs=epochs,
         learning_rate=learning_rate,
@@ -174,7 +168,7 @@ def finetune(
     model_dir, meta_path = out_dir / "model", out_dir / "finetune.json"
     # Under `accelerate launch` every process runs this function; the state knows how many.
     state = distributed_state()
-    say = print if progress and state.is_main_process else _silent
+    say = messages(progress and state.is_main_process)
 
     data_path, data_kwargs = resolve_train_data(train_data)
     pool = load_pool(data_path, **{**data_kwargs, **load_kwargs})
@@ -288,30 +282,6 @@ def resolve_train_data(train_data: str | os.PathLike) -> tuple[str, dict[str, An
             f"{path}: the subset file {summary['subset_file']} named in summary.json is missing"
         )
     return os.fspath(subset), _pool_columns(RunDir.of_selection(path).pool_meta)
-
-
-def _check_lora(r: int, alpha: float, dropout: float, targets: list[str] | None) -> None:
-    """Refuse LoRA settings that peft would reject late or accept with a surprising meaning
-    (any other single string is a regular expression to peft, not a module name)."""
-    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
-        raise S2LError(f"lora_r must be a positive integer, not {r!r}")
-    if not alpha > 0:
-        raise S2LError(f"lora_alpha must be positive, not {alpha!r}")
-    if not 0 <= dropout < 1:
-        raise S2LError(f"lora_dropout must be in [0, 1), not {dropout!r}")
-    if (
-        targets is not None
-        and targets != "all-linear"
-        and (
-            isinstance(targets, str)
-            or not targets
-            or not all(isinstance(t, str) and t for t in targets)
-        )
-    ):
-        raise S2LError(
-            "lora_target_modules must be a non-empty list of module names or 'all-linear', "
-            f"not {targets!r}"
-        )
 
 
 def _pool_columns(pool_meta: Path) -> dict[str, Any]:
@@ -457,7 +427,3 @@ def _result(out_dir: Path, meta: dict[str, Any], *, skipped: bool) -> FinetuneRe
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
-
-
-def _silent(*args: Any, **kwargs: Any) -> None:
-    return None

@@ -302,23 +302,44 @@ def tokenizer_fingerprint(tok: PreTrainedTokenizerBase) -> str:
 def build_preset_model(name: str, tok: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
     """A freshly initialised preset model sized for ``tok``, deterministic for ``seed``."""
     p = PRESETS[name]
-    config = LlamaConfig(
-        vocab_size=len(tok),
+    return build_llama(
+        tok,
         hidden_size=p.hidden_size,
         intermediate_size=p.intermediate_size,
-        num_hidden_layers=p.num_layers,
-        num_attention_heads=p.num_heads,
-        num_key_value_heads=p.num_heads,
+        num_layers=p.num_layers,
+        num_heads=p.num_heads,
+        seed=seed,
+    )
+
+
+def build_llama(
+    tok: PreTrainedTokenizerBase,
+    *,
+    hidden_size: int,
+    intermediate_size: int,
+    num_layers: int,
+    num_heads: int,
+    tie_word_embeddings: bool = True,
+    seed: int = 0,
+) -> PreTrainedModel:
+    """A randomly initialised Llama of the given shape sized for ``tok``'s vocabulary, fp32,
+    deterministic for ``seed`` (the global RNG is left as it was)."""
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
         max_position_embeddings=2048,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie_word_embeddings,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    return model
+        return LlamaForCausalLM(config)
 
 
 #: Written into every directory made by :func:`init_model`: the preset, pool and seed used.

@@ -18,7 +18,6 @@ from smalltolarge.data import Pool, load_pool, load_saved_pool, save_pool
 from smalltolarge.dedup import DedupSettings, dedup_pool, duplicates_report
 from smalltolarge.errors import S2LError
 from smalltolarge.formatting import (
-    TEMPLATES,
     TokenisedPool,
     load_tokenised,
     save_tokenised,
@@ -33,8 +32,9 @@ from smalltolarge.models import (
     train_pool_tokenizer,
 )
 from smalltolarge.presets import apply_preset
-from smalltolarge.progress import quiet_libraries_unless_progress
+from smalltolarge.progress import messages, quiet_libraries_unless_progress
 from smalltolarge.runs import RunDir, atomic_dir, atomic_write_json, fingerprint, read_json
+from smalltolarge.settings import PrepareSettings
 
 
 @dataclass
@@ -51,19 +51,19 @@ def prepare(
     pool_path: str | os.PathLike,
     run_dir: str | Path | RunDir,
     *,
-    proxy: str = "tiny",
-    template: str = "alpaca",
-    max_length: int = 512,
-    prompt_column: str | None = None,
-    input_column: str | None = None,
-    response_column: str | None = None,
-    source_column: str | None = None,
-    id_column: str | None = None,
-    split: str = "train",
-    on_invalid: str = "error",
+    proxy: str = PrepareSettings.proxy,
+    template: str = PrepareSettings.template,
+    max_length: int = PrepareSettings.max_length,
+    prompt_column: str | None = PrepareSettings.prompt_column,
+    input_column: str | None = PrepareSettings.input_column,
+    response_column: str | None = PrepareSettings.response_column,
+    source_column: str | None = PrepareSettings.source_column,
+    id_column: str | None = PrepareSettings.id_column,
+    split: str = PrepareSettings.split,
+    on_invalid: str = PrepareSettings.on_invalid,
     preset: str | None = None,
-    dedup: str | None = None,
-    dedup_threshold: float = DedupSettings.threshold,
+    dedup: str | None = PrepareSettings.dedup,
+    dedup_threshold: float = PrepareSettings.dedup_threshold,
     progress: bool = True,
 ) -> Prepared:
     """Load ``pool_path`` into ``run_dir`` and tokenise it for ``proxy``.
@@ -81,10 +81,11 @@ def prepare(
     groups are written to ``duplicates.json``; the settings enter the pool's fingerprint.
     """
     run_dir = RunDir.of(run_dir)
+    template = apply_preset(preset, template=(template, PrepareSettings.template))["template"]
+    PrepareSettings(  # every setting checked once, here, before the pool is read
+        **{name: value for name, value in locals().items() if name in PrepareSettings.names()}
+    )
     dedup_settings = None if dedup is None else DedupSettings(on=dedup, threshold=dedup_threshold)
-    template = apply_preset(preset, template=(template, "alpaca"))["template"]
-    if template not in TEMPLATES:
-        raise S2LError(f"unknown template '{template}'; choose one of {', '.join(TEMPLATES)}")
     if template == "chat" and is_preset(proxy):
         raise S2LError(f"the '{proxy}' preset has no chat template; use --template alpaca")
     check_model_name(proxy)
@@ -101,7 +102,7 @@ def prepare(
             split=split,
             on_invalid=on_invalid,
         )
-    say = print if progress else (lambda *a, **k: None)
+    say = messages(progress)
     say(
         f"pool: {len(pool)} examples from {pool_path} (schema {pool.schema['kind']}, "
         f"fingerprint {pool.fingerprint})"

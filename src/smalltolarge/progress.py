@@ -1,4 +1,5 @@
-"""Progress bars: one switch (``progress``) shows or hides every bar, ours and the libraries'.
+"""Progress: one switch (``progress``) shows or hides every bar, ours and the libraries', and
+every stage's one-line messages (:func:`messages`).
 
 Bars are drawn only on a terminal. In a log file (stderr not a TTY) a bar is a stream of
 carriage-return updates that interleave with other output, so there they are off and each
@@ -15,6 +16,17 @@ from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+def messages(progress: bool) -> Callable[..., None]:
+    """How a stage says what it is doing: ``print`` when ``progress`` is on, else a function
+    that says nothing. Every stage's one-line messages go through this one switch (bars
+    through :func:`bar`, summary tables through :mod:`smalltolarge.report`)."""
+    return print if progress else _say_nothing
+
+
+def _say_nothing(*args: Any, **kwargs: Any) -> None:
+    pass
 
 
 def bars_shown(progress: bool) -> bool:

@@ -16,7 +16,6 @@ from transformers import Trainer, TrainerCallback
 
 from smalltolarge.errors import S2LError
 from smalltolarge.formatting import load_tokenised
-from smalltolarge.losses import DEFAULT_MAX_TOKENS
 from smalltolarge.models import (
     PRESETS,
     REFERENCE_BATCH_SIZE,
@@ -42,9 +41,9 @@ from smalltolarge.runs import (
     read_proxy_meta,
     stage_is_current,
 )
+from smalltolarge.settings import ProxySettings
 from smalltolarge.training import (
     Recipe,
-    check_training_settings,
     checkpoint_steps,
     fit,
     last_logged_loss,
@@ -53,7 +52,6 @@ from smalltolarge.training import (
 # Re-exported: where users of the proxy stage look for them.
 __all__ = [
     "CheckpointCallback",
-    "check_proxy_settings",
     "checkpoint_steps",
     "list_checkpoints",
     "read_proxy_meta",
@@ -65,19 +63,19 @@ __all__ = [
 def train_proxy(
     run_dir: str | Path | RunDir,
     *,
-    epochs: float = 3.0,
-    learning_rate: float | None = None,
-    batch_size: int | None = None,
-    grad_accum: int = 1,
-    warmup_ratio: float = 0.03,
-    n_checkpoints: int | None = 12,
-    checkpoint_every: int | None = None,
-    seed: int = 0,
-    precision: str = "auto",
-    score_precision: str | None = None,
+    epochs: float = ProxySettings.epochs,
+    learning_rate: float | None = ProxySettings.learning_rate,
+    batch_size: int | None = ProxySettings.batch_size,
+    grad_accum: int = ProxySettings.grad_accum,
+    warmup_ratio: float = ProxySettings.warmup_ratio,
+    n_checkpoints: int | None = ProxySettings.n_checkpoints,
+    checkpoint_every: int | None = ProxySettings.checkpoint_every,
+    seed: int = ProxySettings.seed,
+    precision: str = ProxySettings.precision,
+    score_precision: str | None = ProxySettings.score_precision,
     save_checkpoints: bool = True,
     record: bool = True,
-    max_tokens: int = DEFAULT_MAX_TOKENS,
+    max_tokens: int = ProxySettings.max_tokens,
     embeddings: bool = True,
     force: bool = False,
     preset: str | None = None,
@@ -98,7 +96,7 @@ def train_proxy(
     ``preset="reference"`` scores in fp32 as the reference code does.
     """
     run_dir = RunDir.of(run_dir)
-    check_proxy_settings(
+    n_checkpoints = ProxySettings(  # every setting checked once, here
         epochs=epochs,
         learning_rate=learning_rate,
         batch_size=batch_size,
@@ -106,10 +104,11 @@ def train_proxy(
         warmup_ratio=warmup_ratio,
         n_checkpoints=n_checkpoints,
         checkpoint_every=checkpoint_every,
+        seed=seed,
         precision=precision,
         score_precision=score_precision,
         max_tokens=max_tokens,
-    )
+    ).n_checkpoints  # None when checkpoint_every is given
     tok_pool = load_tokenised(run_dir)
     proxy = read_json(run_dir.tokenised_meta)["proxy"]
     architecture = PRESETS.get(proxy)
@@ -134,8 +133,6 @@ def train_proxy(
     )
     # Under `accelerate launch` every process runs this function; the state knows how many.
     total_steps = recipe.total_steps(len(tok_pool), distributed_state().num_processes)
-    if checkpoint_every is not None:
-        n_checkpoints = None
     steps = checkpoint_steps(total_steps, n_checkpoints, checkpoint_every)
     settings = {"proxy": proxy, **recipe.settings(), "checkpoint_steps": steps}
     fp = fingerprint(tok_pool.fingerprint, settings)
@@ -203,38 +200,6 @@ def train_proxy(
         progress=progress,
     )
     return _saved_checkpoints(run_dir)
-
-
-def check_proxy_settings(
-    *,
-    epochs: float = 3.0,
-    learning_rate: float | None = None,
-    batch_size: int | None = None,
-    grad_accum: int = 1,
-    warmup_ratio: float = 0.03,
-    n_checkpoints: int | None = 12,
-    checkpoint_every: int | None = None,
-    precision: str = "auto",
-    score_precision: str | None = None,
-    max_tokens: int = DEFAULT_MAX_TOKENS,
-) -> None:
-    """Refuse proxy-training and scoring settings that cannot work, before anything runs
-    (:func:`~smalltolarge.pipeline.run_pipeline` calls it before it prepares the pool)."""
-    check_training_settings(
-        epochs=epochs,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        warmup_ratio=warmup_ratio,
-    )
-    for name, value in (("checkpoints", n_checkpoints), ("checkpoint_every", checkpoint_every)):
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise S2LError(f"{name} must be a positive integer, not {value!r}")
-    if not isinstance(max_tokens, int) or max_tokens < 1:
-        raise S2LError(f"max_tokens must be a positive integer, not {max_tokens!r}")
-    for value in (precision, score_precision):
-        if value not in (None, "auto"):
-            resolve_precision(value)  # refuses an unknown name
 
 
 class CheckpointCallback(TrainerCallback):

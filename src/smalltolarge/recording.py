@@ -27,7 +27,7 @@ from transformers import PreTrainedModel, TrainerCallback
 
 from smalltolarge.errors import S2LError
 from smalltolarge.formatting import TokenArrays, TokenisedPool, load_tokenised
-from smalltolarge.losses import DEFAULT_MAX_TOKENS, score_batches
+from smalltolarge.losses import score_batches
 from smalltolarge.models import load_tokenizer, pad_token_id, resolve_precision
 from smalltolarge.progress import bar
 from smalltolarge.runs import (
@@ -38,11 +38,8 @@ from smalltolarge.runs import (
     fingerprint,
     stage_is_current,
 )
+from smalltolarge.settings import DEFAULT_CHUNK_TOKENS, DEFAULT_MAX_TOKENS
 from smalltolarge.trajectories import Trajectories
-
-#: Tokens per (checkpoint, chunk) unit: the work lost to a kill, and the grain of the split
-#: between processes.
-DEFAULT_CHUNK_TOKENS = 1 << 20
 
 
 def trajectory_fingerprint(tokenised_fp: str, proxy_fp: str, precision: str) -> str:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from smalltolarge.errors import S2LError
 from smalltolarge.formatting import load_tokenised
-from smalltolarge.losses import DEFAULT_MAX_TOKENS
 from smalltolarge.models import (
     default_device,
     load_causal_lm,
@@ -25,8 +24,9 @@ from smalltolarge.models import (
 )
 from smalltolarge.presets import apply_preset
 from smalltolarge.progress import quiet_libraries_unless_progress
-from smalltolarge.recording import DEFAULT_CHUNK_TOKENS, TrajectoryRecorder, trajectory_fingerprint
+from smalltolarge.recording import TrajectoryRecorder, trajectory_fingerprint
 from smalltolarge.runs import RunDir, list_checkpoints, read_proxy_meta, stage_is_current
+from smalltolarge.settings import ScoreSettings
 from smalltolarge.trajectories import Trajectories, check_proxy_matches
 
 
@@ -34,9 +34,9 @@ from smalltolarge.trajectories import Trajectories, check_proxy_matches
 def score_trajectories(
     run_dir: str | Path | RunDir,
     *,
-    precision: str = "auto",
-    max_tokens: int = DEFAULT_MAX_TOKENS,
-    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    precision: str = ScoreSettings.precision,
+    max_tokens: int = ScoreSettings.max_tokens,
+    chunk_tokens: int = ScoreSettings.chunk_tokens,
     device: str | None = None,
     embeddings: bool = True,
     force: bool = False,
@@ -53,7 +53,10 @@ def score_trajectories(
     ``preset="reference"`` scores in fp32, as the reference code does.
     """
     run_dir = RunDir.of(run_dir)
-    precision = apply_preset(preset, score_precision=(precision, "auto"))["score_precision"]
+    precision = apply_preset(preset, score_precision=(precision, ScoreSettings.precision))[
+        "score_precision"
+    ]
+    ScoreSettings(precision=precision, max_tokens=max_tokens, chunk_tokens=chunk_tokens)
     tok_pool = load_tokenised(run_dir)
     proxy_meta = read_proxy_meta(run_dir)
     check_proxy_matches(run_dir, proxy_meta, tok_pool.fingerprint)

@@ -45,6 +45,9 @@ DEFAULT_MAX_LENGTH = 512
 #: Real tokens per scoring batch: small batches of similar length kept the CPU's caches warm
 #: (see benchmarks/scoring.py); GPUs want more.
 DEFAULT_MAX_TOKENS = 4096
+#: Tokens per (checkpoint, chunk) unit of scoring: the work lost to a kill, and the grain of
+#: the split between processes.
+DEFAULT_CHUNK_TOKENS = 1 << 20
 #: Duplicate detection compares the prompt (instruction + input), the response, or both.
 DEDUP_ON = ("prompt", "response", "both")
 #: The Jaccard similarity of character shingles from which two examples are near duplicates.
@@ -61,7 +64,7 @@ def check_positive_int(name: str, value: Any, *, optional: bool = False) -> None
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise S2LError(f"{name} must be a positive integer, not {value!r}")
+        raise S2LError(f"{name} must be a positive integer (>= 1), not {value!r}")
 
 
 def check_non_negative_int(name: str, value: Any) -> None:
@@ -309,14 +312,17 @@ class ProxySettings(StageSettings):
 
 @dataclass(frozen=True)
 class ScoreSettings(StageSettings):
-    """Scoring saved proxy checkpoints (``s2l score``): precision and real tokens per batch."""
+    """Scoring saved proxy checkpoints (``s2l score``): precision, real tokens per batch, and
+    tokens per resumable (checkpoint, chunk) unit."""
 
     precision: str = "auto"
     max_tokens: int = DEFAULT_MAX_TOKENS
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS
 
     def __post_init__(self) -> None:
         check_precision("precision", self.precision)
         check_positive_int("max_tokens", self.max_tokens)
+        check_positive_int("chunk_tokens", self.chunk_tokens)
 
 
 @dataclass(frozen=True)
@@ -335,7 +341,7 @@ class SelectSettings(StageSettings):
         check_name("method", self.method)
         parse_budget(self.budget)
         check_non_negative_int("seed", self.seed)
-        check_positive_int("clusters", self.n_clusters, optional=True)
+        check_positive_int("n_clusters", self.n_clusters, optional=True)
         check_name("stratify_by", self.stratify_by, optional=True)
 
 

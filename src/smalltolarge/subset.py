@@ -40,7 +40,7 @@ from smalltolarge.selection import (
     resolve_budget,
     trajectory_diagnostics,
 )
-from smalltolarge.settings import budget_label
+from smalltolarge.settings import SelectSettings, budget_label
 from smalltolarge.trajectories import align_to_pool, import_trajectories, load_run_trajectories
 
 #: Per-example cluster labels of a selection (``id``, ``cluster``), next to ``ids.txt``.
@@ -61,11 +61,11 @@ class SelectionResult:
 def select_subset(
     run_dir: str | os.PathLike | RunDir,
     *,
-    method: str = "s2l",
-    budget: float | int | str = 0.3,
-    seed: int = 0,
-    n_clusters: int | None = None,
-    stratify_by: str | None = None,
+    method: str = SelectSettings.method,
+    budget: float | int | str = SelectSettings.budget,
+    seed: int = SelectSettings.seed,
+    n_clusters: int | None = SelectSettings.n_clusters,
+    stratify_by: str | None = SelectSettings.stratify_by,
     name: str | None = None,
     trajectories: str | os.PathLike | None = None,
     trajectory_ids: str | os.PathLike | None = None,
@@ -87,6 +87,9 @@ def select_subset(
     :mod:`smalltolarge.presets`).
     """
     run_dir = RunDir.of(run_dir)
+    SelectSettings(  # checked once, here, before anything is read
+        method=method, budget=budget, seed=seed, n_clusters=n_clusters, stratify_by=stratify_by
+    )
     if trajectories is None:
         inputs = run_inputs(run_dir)
     else:

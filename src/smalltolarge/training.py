@@ -25,7 +25,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from smalltolarge.errors import S2LError
 from smalltolarge.formatting import collate
-from smalltolarge.progress import bar, library_bars
+from smalltolarge.progress import bar, library_bars, messages
 from smalltolarge.runs import atomic_write_json, distributed_state, read_json, step_dirs
 
 
@@ -35,7 +35,7 @@ class Recipe:
 
     The effective batch is ``batch_size * grad_accum * processes``; ``precision`` is a
     resolved name (``fp32``, ``bf16`` or ``fp16``); ``seed`` seeds the data order and dropout.
-    Values are checked by :func:`check_training_settings` at the stage's public entry.
+    Values are checked by the stage's settings (:mod:`smalltolarge.settings`) at its public entry.
     """
 
     epochs: float
@@ -93,7 +93,7 @@ def fit(
     (printed only when ``progress``), ``description`` labels the progress bar.
     """
     state = distributed_state()
-    say = print if progress and state.is_main_process else _silent
+    say = messages(progress and state.is_main_process)
 
     # set up
     if state.is_main_process:
@@ -161,30 +161,6 @@ def last_logged_loss(trainer: Trainer) -> float | None:
     """The last training loss the trainer logged, or None."""
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return losses[-1] if losses else None
-
-
-def check_training_settings(
-    *,
-    epochs: float,
-    learning_rate: float | None,
-    batch_size: int | None,
-    grad_accum: int,
-    warmup_ratio: float,
-    save_steps: int | None = None,
-) -> None:
-    """Refuse settings that would fail deep inside the Trainer, or train nothing (proxy and
-    target alike; None for ``learning_rate`` or ``batch_size`` means the stage's default)."""
-    for name, value in (("batch_size", batch_size), ("grad_accum", grad_accum)):
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise S2LError(f"{name} must be a positive integer, not {value!r}")
-    if not epochs > 0:
-        raise S2LError(f"epochs must be positive, not {epochs!r}")
-    if learning_rate is not None and not learning_rate > 0:
-        raise S2LError(f"learning_rate must be positive, not {learning_rate!r}")
-    if not 0 <= warmup_ratio < 1:
-        raise S2LError(f"warmup_ratio must be in [0, 1), not {warmup_ratio!r}")
-    if save_steps is not None and (not isinstance(save_steps, int) or save_steps < 1):
-        raise S2LError(f"save_steps must be a positive integer, not {save_steps!r}")
 
 
 def checkpoint_steps(
@@ -331,7 +307,3 @@ class LossProgressCallback(ProgressCallback):
             shown = {k: f"{logs[k]:.4g}" for k in ("loss", "learning_rate") if k in logs}
             if shown:
                 self.training_bar.set_postfix(shown, refresh=False)
-
-
-def _silent(*args: Any, **kwargs: Any) -> None:
-    return None

@@ -32,6 +32,7 @@ from smalltolarge.experiment.results import (
 )
 from smalltolarge.finetune import finetune
 from smalltolarge.prepare import prepare
+from smalltolarge.progress import messages
 from smalltolarge.proxy import train_proxy
 from smalltolarge.runs import (
     RunDir,
@@ -82,7 +83,7 @@ def run_experiment(
             ``out_dir`` made with other settings, or any error of the stages themselves.
     """
     cfg = load_config(config, out_dir=out_dir)
-    say = print if progress else _silent
+    say = messages(progress)
     started = time.perf_counter()
     pool_path, eval_path = _materialise_data(cfg)
     pool, eval_pool = load_pool(pool_path), load_pool(eval_path)
@@ -387,7 +388,3 @@ def _evaluate_run(
         )
         results.append((result, time.perf_counter() - eval_started))
     return results
-
-
-def _silent(*args: Any, **kwargs: Any) -> None:
-    pass
