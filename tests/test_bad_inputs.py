@@ -234,7 +234,7 @@ def test_mistyped_hub_name_offline_fails_at_once(monkeypatch, capsys, pool_file,
 
 
 def test_library_error_keeps_its_list():
-    from smalltolarge.models import _first_line
+    from smalltolarge.readers import first_line as _first_line
 
     message = _first_line(ValueError("Unrecognized tokenizer. Should be from one of:\n  a\n  b"))
     assert message.endswith("from one of: a b")

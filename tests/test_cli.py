@@ -14,6 +14,17 @@ import numpy as np
 import pytest
 
 from smalltolarge.cli import main
+from smalltolarge.settings import (
+    DEFAULT_RUN_DIR,
+    PRECISIONS,
+    EvalSettings,
+    FinetuneSettings,
+    PrepareSettings,
+    ProxySettings,
+    ScoreSettings,
+    SelectSettings,
+    parse_budget,
+)
 
 SMALL_RUN = [
     "--max-length",
@@ -79,6 +90,117 @@ def test_no_help_text_is_swallowed_as_rich_markup():
         if re.search(r"\[[a-z]", getattr(param, "help", None) or "")
     ]
     assert not swallowed
+
+
+def click_command(name: str):
+    import typer.main
+
+    from smalltolarge.cli import app
+
+    return typer.main.get_command(app).commands[name]
+
+
+#: `s2l run` option -> (settings class, field); every other option is in RUN_NOT_SETTINGS
+RUN_SETTINGS = {
+    **{f: (PrepareSettings, f) for f in PrepareSettings.names() if f != "on_invalid"},
+    "skip_invalid": (PrepareSettings, "on_invalid"),
+    **{f: (ProxySettings, f) for f in ProxySettings.names() if f != "seed"},
+    "lr": (ProxySettings, "learning_rate"),
+    "checkpoints": (ProxySettings, "n_checkpoints"),
+    "proxy_seed": (ProxySettings, "seed"),
+    **{f: (SelectSettings, f) for f in SelectSettings.names()},
+    "clusters": (SelectSettings, "n_clusters"),
+}
+for renamed in ("learning_rate", "n_checkpoints", "n_clusters"):
+    del RUN_SETTINGS[renamed]
+RUN_NOT_SETTINGS = {"pool", "run_dir", "preset", "force"}
+
+
+def cli_default(param, field: str):
+    """An option's default as the settings spell it (a flag, a budget string)."""
+    if param.name == "skip_invalid":
+        return "skip" if param.default else "error"
+    if field == "budget":
+        return parse_budget(param.default)
+    return param.default
+
+
+def test_run_has_an_option_per_setting_with_the_settings_default():
+    params = {p.name: p for p in click_command("run").params}
+    assert set(params) == set(RUN_SETTINGS) | RUN_NOT_SETTINGS
+    covered = {(cls, field) for cls, field in RUN_SETTINGS.values()}
+    for cls in (PrepareSettings, ProxySettings, SelectSettings):
+        assert {(cls, f) for f in cls.names()} <= covered, cls
+    for name, (cls, field) in RUN_SETTINGS.items():
+        want = parse_budget(cls.budget) if field == "budget" else getattr(cls, field)
+        assert cli_default(params[name], field) == want, name
+    assert params["run_dir"].default == DEFAULT_RUN_DIR
+
+
+@pytest.mark.parametrize(
+    ("command", "settings"),
+    [
+        ("prepare", PrepareSettings),
+        ("train-proxy", ProxySettings),
+        ("score", ScoreSettings),
+        ("select", SelectSettings),
+        ("finetune", FinetuneSettings),
+        ("evaluate", EvalSettings),
+    ],
+)
+def test_stage_options_default_to_the_stage_settings(command, settings):
+    renamed = {"lr": "learning_rate", "checkpoints": "n_checkpoints", "clusters": "n_clusters"}
+    checked = 0
+    for param in click_command(command).params:
+        field = renamed.get(param.name, param.name)
+        if field == "run_dir":
+            assert param.default == DEFAULT_RUN_DIR
+        elif param.name == "skip_invalid" and "on_invalid" in settings.names():
+            assert cli_default(param, "on_invalid") == settings.on_invalid
+        elif field in settings.names():
+            want = parse_budget(settings.budget) if field == "budget" else getattr(settings, field)
+            assert cli_default(param, field) == want, f"{command} --{param.name}"
+            checked += 1
+    assert checked >= 2
+
+
+def test_run_help_lists_every_stage_option(monkeypatch, capsys):
+    code, out, _ = s2l(monkeypatch, capsys, "run", "--help")
+    assert code == 0
+    for option in (
+        "--split",
+        "--grad-accum",
+        "--warmup-ratio",
+        "--score-precision",
+        "--dedup",
+        "--dedup-threshold",
+    ):
+        assert option in out
+    for precision in PRECISIONS:
+        assert precision in out
+
+
+def test_help_imports_no_torch():
+    code = (
+        "import sys\n"
+        "sys.argv = ['s2l', 'run', '--help']\n"
+        "from smalltolarge.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_dedup_threshold_alone_is_refused_by_run(monkeypatch, capsys, pool_file, tmp_path):
+    run_dir = tmp_path / "r"
+    code, _, err = s2l(
+        monkeypatch, capsys, "run", pool_file, "-r", run_dir, "--dedup-threshold", "0.5"
+    )
+    assert_clean_error(code, err, "--dedup-threshold needs --dedup")
+    assert not run_dir.exists()
 
 
 def test_end_to_end_run_then_reuse(monkeypatch, capsys, pool_file, tmp_path):

@@ -1,0 +1,42 @@
+"""The ``s2l`` command: one sub-command per stage, each a thin layer over the Python API.
+
+The commands live by theme: :mod:`~smalltolarge.cli.stages` (prepare, dedup, train-proxy,
+score, select, run, demo), :mod:`~smalltolarge.cli.target` (finetune, evaluate, experiment,
+curve) and :mod:`~smalltolarge.cli.tools` (truncate-model, init-model, report, export,
+estimate); the options they share are in :mod:`~smalltolarge.cli.options`, with their defaults
+taken from :mod:`smalltolarge.settings`. Importing this package registers every command on
+:data:`app`, and imports no torch or transformers (``s2l --help`` stays fast).
+
+Input problems (:class:`~smalltolarge.errors.S2LError`) are printed as one line on stderr with
+exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import typer
+
+from smalltolarge.cli import stages, target, tools  # noqa: F401  (they register the commands)
+from smalltolarge.cli.common import app
+from smalltolarge.errors import S2LError
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Entry point of the ``s2l`` console command."""
+    started = time.perf_counter()
+    try:
+        app()
+    except S2LError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo(
+            f"interrupted after {time.perf_counter() - started:.0f}s; re-run the same "
+            "command to resume",
+            err=True,
+        )
+        sys.exit(130)

@@ -1,0 +1,456 @@
+"""The selection stages on a run directory: ``prepare``, ``dedup``, ``train-proxy``,
+``score``, ``select``, and ``run`` / ``demo`` that chain them.
+
+Every default is the stage's own (:mod:`smalltolarge.settings`); the stage functions check
+the values, so a bad one is refused there, once, with the message the Python API gives.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from smalltolarge.cli.common import (
+    command,
+    is_main_process,
+    report_run,
+    report_selection,
+    selection_paths,
+)
+from smalltolarge.cli.options import (
+    BatchOpt,
+    BudgetOpt,
+    CkptOpt,
+    ClustersOpt,
+    DedupOpt,
+    DedupThresholdOpt,
+    EpochsOpt,
+    EveryOpt,
+    ForceOpt,
+    GradAccumOpt,
+    IdColOpt,
+    InputColOpt,
+    LrOpt,
+    MaxLenOpt,
+    MaxTokOpt,
+    MethodOpt,
+    PoolArg,
+    PrecisionOpt,
+    PresetOpt,
+    PromptColOpt,
+    ProxyOpt,
+    ReportOpt,
+    ResponseColOpt,
+    RunDirOpt,
+    ScorePrecisionOpt,
+    SeedOpt,
+    SkipInvalidOpt,
+    SourceColOpt,
+    SplitOpt,
+    StratOpt,
+    TemplateOpt,
+    WarmupOpt,
+    choices,
+)
+from smalltolarge.errors import S2LError
+from smalltolarge.settings import (
+    DEDUP_ON,
+    DEFAULT_DEDUP_THRESHOLD,
+    DEFAULT_RUN_DIR,
+    PrepareSettings,
+    ProxySettings,
+    ScoreSettings,
+    SelectSettings,
+)
+
+
+@command("prepare")
+def prepare_cmd(
+    ctx: typer.Context,
+    pool: PoolArg,
+    run_dir: RunDirOpt = DEFAULT_RUN_DIR,
+    proxy: ProxyOpt = PrepareSettings.proxy,
+    template: TemplateOpt = PrepareSettings.template,
+    max_length: MaxLenOpt = PrepareSettings.max_length,
+    prompt_column: PromptColOpt = PrepareSettings.prompt_column,
+    input_column: InputColOpt = PrepareSettings.input_column,
+    response_column: ResponseColOpt = PrepareSettings.response_column,
+    source_column: SourceColOpt = PrepareSettings.source_column,
+    id_column: IdColOpt = PrepareSettings.id_column,
+    split: SplitOpt = PrepareSettings.split,
+    skip_invalid: SkipInvalidOpt = False,
+    preset: PresetOpt = None,
+    dedup: DedupOpt = PrepareSettings.dedup,
+    dedup_threshold: DedupThresholdOpt = PrepareSettings.dedup_threshold,
+) -> None:
+    """1-2. Load the pool, get the proxy's tokenizer, tokenise with the response mask."""
+    from smalltolarge.prepare import prepare
+
+    _check_dedup_threshold_given_alone(ctx, dedup)
+    prepare(
+        pool,
+        run_dir,
+        proxy=proxy,
+        template=template,
+        max_length=max_length,
+        prompt_column=prompt_column,
+        input_column=input_column,
+        response_column=response_column,
+        source_column=source_column,
+        id_column=id_column,
+        split=split,
+        on_invalid="skip" if skip_invalid else "error",
+        preset=preset,
+        dedup=dedup,
+        dedup_threshold=dedup_threshold,
+    )
+
+
+@command("dedup")
+def dedup_cmd(
+    pool: PoolArg,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Directory for the kept examples and the groups.")
+    ],
+    on: Annotated[str, typer.Option(help=f"Compare on: {choices(DEDUP_ON)}.")] = "both",
+    threshold: Annotated[
+        float,
+        typer.Option(
+            help="Character 5-gram Jaccard similarity from which two examples are near "
+            "duplicates, in (0, 1]."
+        ),
+    ] = DEFAULT_DEDUP_THRESHOLD,
+    prompt_column: PromptColOpt = None,
+    input_column: InputColOpt = None,
+    response_column: ResponseColOpt = None,
+    id_column: IdColOpt = None,
+    split: SplitOpt = PrepareSettings.split,
+    skip_invalid: SkipInvalidOpt = False,
+) -> None:
+    """Drop exact and near-duplicate examples: OUT/subset.* keeps one of each group, in the
+    input's format; OUT/duplicates.json lists the groups."""
+    from smalltolarge.data import load_pool
+    from smalltolarge.dedup import DUPLICATES_FILE, DedupSettings, write_deduplicated
+
+    settings = DedupSettings(on=on, threshold=threshold)
+    loaded = load_pool(
+        pool,
+        prompt_column=prompt_column,
+        input_column=input_column,
+        response_column=response_column,
+        id_column=id_column,
+        split=split,
+        on_invalid="skip" if skip_invalid else "error",
+    )
+    written, report = write_deduplicated(loaded, out, settings)
+    typer.echo(
+        f"dedup: kept {report['n_examples'] - report['n_dropped']} of {report['n_examples']} "
+        f"examples in {written}; dropped {report['n_dropped_exact']} exact and "
+        f"{report['n_dropped_near']} near duplicates in {report['n_groups']} groups, listed in "
+        f"{Path(out) / DUPLICATES_FILE}"
+    )
+
+
+@command("train-proxy")
+def train_proxy_cmd(
+    run_dir: RunDirOpt = DEFAULT_RUN_DIR,
+    epochs: EpochsOpt = ProxySettings.epochs,
+    lr: LrOpt = ProxySettings.learning_rate,
+    batch_size: BatchOpt = ProxySettings.batch_size,
+    grad_accum: GradAccumOpt = ProxySettings.grad_accum,
+    warmup_ratio: WarmupOpt = ProxySettings.warmup_ratio,
+    checkpoints: CkptOpt = ProxySettings.n_checkpoints,
+    checkpoint_every: EveryOpt = ProxySettings.checkpoint_every,
+    seed: Annotated[
+        int, typer.Option(help="Proxy initialisation and data-order seed.")
+    ] = ProxySettings.seed,
+    precision: PrecisionOpt = ProxySettings.precision,
+    save_checkpoints: Annotated[
+        bool, typer.Option(help="Keep the proxy's weights at each checkpoint.")
+    ] = True,
+    record: Annotated[
+        bool, typer.Option(help="Score the trajectories during training (no `s2l score` needed).")
+    ] = True,
+    score_precision: ScorePrecisionOpt = ProxySettings.score_precision,
+    max_tokens: MaxTokOpt = ProxySettings.max_tokens,
+    force: ForceOpt = False,
+    preset: PresetOpt = None,
+) -> None:
+    """3. Train the proxy on the whole pool, recording its trajectories at T points of training."""
+    from smalltolarge.proxy import train_proxy
+
+    done = train_proxy(
+        run_dir,
+        epochs=epochs,
+        learning_rate=lr,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        warmup_ratio=warmup_ratio,
+        n_checkpoints=checkpoints,
+        checkpoint_every=checkpoint_every,
+        seed=seed,
+        precision=precision,
+        save_checkpoints=save_checkpoints,
+        record=record,
+        score_precision=score_precision,
+        max_tokens=max_tokens,
+        force=force,
+        preset=preset,
+    )
+    if not is_main_process():
+        return
+    typer.echo(
+        f"proxy: {len(done)} checkpoints in {Path(run_dir) / 'proxy'} "
+        f"(steps {[s for s, _ in done]})"
+    )
+
+
+@command("score")
+def score_cmd(
+    run_dir: RunDirOpt = DEFAULT_RUN_DIR,
+    precision: PrecisionOpt = ScoreSettings.precision,
+    max_tokens: MaxTokOpt = ScoreSettings.max_tokens,
+    chunk_tokens: Annotated[
+        int, typer.Option(help="Tokens per resumable work unit (per checkpoint).")
+    ] = ScoreSettings.chunk_tokens,
+    embeddings: Annotated[
+        bool, typer.Option(help="Also save final-checkpoint embeddings (embedding baselines).")
+    ] = True,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:1 ...", show_default=False)
+    ] = None,
+    force: ForceOpt = False,
+    preset: PresetOpt = None,
+) -> None:
+    """4. Record every example's response loss at every proxy checkpoint (trajectories)."""
+    from smalltolarge.scoring import score_trajectories
+
+    traj = score_trajectories(
+        run_dir,
+        precision=precision,
+        max_tokens=max_tokens,
+        chunk_tokens=chunk_tokens,
+        device=device,
+        embeddings=embeddings,
+        force=force,
+        preset=preset,
+    )
+    n, t = traj.losses.shape
+    if not is_main_process():
+        return
+    typer.echo(
+        f"trajectories: {n} examples x {t} checkpoints in "
+        f"{Path(run_dir) / 'trajectories'} (losses.npy, ids.parquet, meta.json)"
+    )
+
+
+@command("select")
+def select_cmd(
+    run_dir: RunDirOpt = DEFAULT_RUN_DIR,
+    method: MethodOpt = SelectSettings.method,
+    budget: BudgetOpt = str(SelectSettings.budget),
+    clusters: ClustersOpt = SelectSettings.n_clusters,
+    stratify_by: StratOpt = SelectSettings.stratify_by,
+    seed: SeedOpt = SelectSettings.seed,
+    name: Annotated[
+        str | None, typer.Option(help="Selection directory name.", show_default=False)
+    ] = None,
+    trajectories: Annotated[
+        Path | None,
+        typer.Option(
+            help="Trajectories computed elsewhere: an N x T .npy (with "
+            "--trajectory-ids) or a .jsonl/.parquet/.csv with an id column and one "
+            "loss column per checkpoint.",
+            show_default=False,
+        ),
+    ] = None,
+    trajectory_ids: Annotated[
+        Path | None,
+        typer.Option(help="Ids of a .npy's rows (.txt, .json, .parquet).", show_default=False),
+    ] = None,
+    pool: Annotated[
+        str | None,
+        typer.Option(
+            help="The pool, when the run directory has none (with --trajectories).",
+            show_default=False,
+        ),
+    ] = None,
+    outlier_max_size: Annotated[
+        int | None,
+        typer.Option(
+            help="S2L: set aside clusters of at most this many rows; they only fill budget "
+            "left over at the end (reference: 2; default 0, off).",
+            show_default=False,
+        ),
+    ] = None,
+    force: ForceOpt = False,
+    preset: PresetOpt = None,
+    report: ReportOpt = False,
+) -> None:
+    """5. Cluster the trajectories and select a balanced subset (or a baseline's).
+
+    Several budgets, comma-separated (--budget 0.05,0.1,0.3), select with S2L from one
+    clustering: each subset contains the smaller ones, and order.txt ranks the examples so
+    that any prefix is a balanced selection."""
+    from smalltolarge.report import print_paths, print_selection_summary
+    from smalltolarge.subset import select_subset
+
+    if "," in budget:
+        _select_nested(run_dir, method, budget, clusters, stratify_by, seed, name,
+                       trajectories, outlier_max_size, report)  # fmt: skip
+        return
+    result = select_subset(
+        run_dir,
+        method=method,
+        budget=budget,
+        seed=seed,
+        n_clusters=clusters,
+        stratify_by=stratify_by,
+        name=name,
+        trajectories=trajectories,
+        trajectory_ids=trajectory_ids,
+        pool=pool,
+        settings={"outlier_max_size": outlier_max_size},
+        preset=preset,
+        force=force,
+    )
+    print_selection_summary(result.summary)
+    print_paths(selection_paths(result))
+    report_selection(run_dir, result.directory.name, report)
+
+
+@command("run")
+def run_cmd(
+    ctx: typer.Context,
+    pool: PoolArg,
+    run_dir: RunDirOpt = DEFAULT_RUN_DIR,
+    proxy: ProxyOpt = PrepareSettings.proxy,
+    template: TemplateOpt = PrepareSettings.template,
+    max_length: MaxLenOpt = PrepareSettings.max_length,
+    prompt_column: PromptColOpt = PrepareSettings.prompt_column,
+    input_column: InputColOpt = PrepareSettings.input_column,
+    response_column: ResponseColOpt = PrepareSettings.response_column,
+    source_column: SourceColOpt = PrepareSettings.source_column,
+    id_column: IdColOpt = PrepareSettings.id_column,
+    split: SplitOpt = PrepareSettings.split,
+    skip_invalid: SkipInvalidOpt = False,
+    dedup: DedupOpt = PrepareSettings.dedup,
+    dedup_threshold: DedupThresholdOpt = PrepareSettings.dedup_threshold,
+    epochs: EpochsOpt = ProxySettings.epochs,
+    lr: LrOpt = ProxySettings.learning_rate,
+    batch_size: BatchOpt = ProxySettings.batch_size,
+    grad_accum: GradAccumOpt = ProxySettings.grad_accum,
+    warmup_ratio: WarmupOpt = ProxySettings.warmup_ratio,
+    checkpoints: CkptOpt = ProxySettings.n_checkpoints,
+    checkpoint_every: EveryOpt = ProxySettings.checkpoint_every,
+    precision: PrecisionOpt = ProxySettings.precision,
+    score_precision: ScorePrecisionOpt = ProxySettings.score_precision,
+    max_tokens: MaxTokOpt = ProxySettings.max_tokens,
+    method: MethodOpt = SelectSettings.method,
+    budget: BudgetOpt = str(SelectSettings.budget),
+    clusters: ClustersOpt = SelectSettings.n_clusters,
+    stratify_by: StratOpt = SelectSettings.stratify_by,
+    seed: SeedOpt = SelectSettings.seed,
+    proxy_seed: Annotated[int, typer.Option(help="Proxy training seed.")] = ProxySettings.seed,
+    preset: PresetOpt = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Re-train the proxy (re-recording the trajectories) and redo the selection "
+            "even when they are up to date; the pool is re-tokenised only when it changed."
+        ),
+    ] = False,
+) -> None:
+    """1-5. The whole chain; stages whose inputs and settings did not change are reused."""
+    from smalltolarge.pipeline import run_pipeline
+
+    _check_dedup_threshold_given_alone(ctx, dedup)
+    result = run_pipeline(
+        pool,
+        run_dir,
+        proxy=proxy,
+        template=template,
+        max_length=max_length,
+        prompt_column=prompt_column,
+        input_column=input_column,
+        response_column=response_column,
+        source_column=source_column,
+        id_column=id_column,
+        split=split,
+        on_invalid="skip" if skip_invalid else "error",
+        dedup=dedup,
+        dedup_threshold=dedup_threshold,
+        epochs=epochs,
+        learning_rate=lr,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        warmup_ratio=warmup_ratio,
+        n_checkpoints=checkpoints,
+        checkpoint_every=checkpoint_every,
+        precision=precision,
+        score_precision=score_precision,
+        proxy_seed=proxy_seed,
+        max_tokens=max_tokens,
+        method=method,
+        budget=budget,
+        n_clusters=clusters,
+        stratify_by=stratify_by,
+        seed=seed,
+        preset=preset,
+        force=force,
+    )
+    report_run(result)
+
+
+@command("demo")
+def demo_cmd(
+    run_dir: RunDirOpt = Path("runs/demo"),
+    budget: BudgetOpt = str(SelectSettings.budget),
+    seed: SeedOpt = SelectSettings.seed,
+    report: ReportOpt = False,
+) -> None:
+    """Run the whole chain on the bundled multi-source math pool with the tiny proxy."""
+    from smalltolarge.demo import run_demo
+
+    result = run_demo(run_dir, budget=budget, seed=seed)
+    report_run(result)
+    report_selection(run_dir, result.selection.directory.name, report)
+
+
+def _check_dedup_threshold_given_alone(ctx: typer.Context, dedup: str | None) -> None:
+    # a threshold without --dedup would be silently ignored
+    given = ctx.get_parameter_source("dedup_threshold")  # typer's own click: compare by name
+    if dedup is None and given is not None and given.name != "DEFAULT":
+        raise S2LError(f"--dedup-threshold needs --dedup {choices(DEDUP_ON)}")
+
+
+def _select_nested(
+    run_dir, method, budget, clusters, stratify_by, seed, name, trajectories, outlier, report
+) -> None:
+    from smalltolarge.nested import ORDER_FILE, select_nested
+    from smalltolarge.report import print_paths, print_selection_summary
+
+    if method != "s2l" or stratify_by is not None or trajectories is not None:
+        raise S2LError(
+            "nested budgets (a comma-separated --budget) are for s2l on the run's own "
+            "trajectories, without --stratify-by"
+        )
+    results = select_nested(
+        run_dir,
+        [b.strip() for b in budget.split(",") if b.strip()],
+        seed=seed,
+        n_clusters=clusters,
+        outlier_max_size=outlier or 0,
+        name=name,
+    )
+    for result in results:
+        print_selection_summary(result.summary)
+    paths = {f"selection {r.summary['budget']}": r.directory for r in results}
+    print_paths({**paths, "ranking": results[-1].directory / ORDER_FILE})
+    if report:
+        from smalltolarge.html_report import write_report
+
+        for r in results:
+            typer.echo(f"report: {write_report(run_dir, r.directory.name)}")
