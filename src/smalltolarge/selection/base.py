@@ -36,6 +36,10 @@ class Signals:
         sources: ``(n,)`` source names, or None when the pool has no source column.
         lengths: ``(n,)`` int response-token counts, or None.
         embeddings: ``(n, d)`` float32 proxy embeddings, or None.
+        target_losses: ``(m, T)`` float32 trajectories of a target set (examples of the task
+            the user cares about, scored at the same checkpoints, never selected), or None;
+            S2L shifts its cluster quotas toward the clusters they fall in, by
+            ``target_weight`` in [0, 1] (0: plain S2L; 1: fully target-weighted).
 
     Raises:
         S2LError: on a field whose rows do not line up with ``losses``, a ``losses`` that is not
@@ -47,6 +51,8 @@ class Signals:
     sources: np.ndarray | None = None
     lengths: np.ndarray | None = None
     embeddings: np.ndarray | None = None
+    target_losses: np.ndarray | None = None
+    target_weight: float = 0.5
 
     def __post_init__(self) -> None:
         losses = self.losses if isinstance(self.losses, np.ndarray) else np.asarray(self.losses)
@@ -65,6 +71,18 @@ class Signals:
             self.lengths = _rows_aligned("lengths", self.lengths, n, ndim=1)
         if self.embeddings is not None:
             self.embeddings = _rows_aligned("embeddings", self.embeddings, n, ndim=2)
+        if self.target_losses is not None:
+            target = np.asarray(self.target_losses, dtype=np.float32)
+            if target.ndim != 2 or target.shape[1] != losses.shape[1] or not len(target):
+                raise S2LError(
+                    f"target trajectories must have shape (m >= 1, {losses.shape[1]}) to match "
+                    f"the pool's checkpoints, got {target.shape}"
+                )
+            if not np.isfinite(target).all():
+                raise S2LError("a target trajectory is not finite")
+            self.target_losses = target
+        if not 0 <= self.target_weight <= 1:
+            raise S2LError(f"target_weight must be in [0, 1], not {self.target_weight!r}")
 
         bad = _first_non_finite_row(losses)
         if bad is not None:
@@ -94,6 +112,8 @@ class Signals:
             sources=None if self.sources is None else self.sources[rows],
             lengths=None if self.lengths is None else self.lengths[rows],
             embeddings=None if self.embeddings is None else self.embeddings[rows],
+            target_losses=self.target_losses,
+            target_weight=self.target_weight,
         )
 
 
@@ -263,6 +283,7 @@ def balanced_sample(
     rng: np.random.Generator,
     *,
     outlier_max_size: int = 0,
+    quotas: np.ndarray | None = None,
 ) -> np.ndarray:
     """Sample ``budget`` rows spread evenly over clusters by :func:`water_fill`.
 
@@ -279,6 +300,9 @@ def balanced_sample(
         budget: number of rows to pick, ``0 <= budget <= n``.
         rng: source of randomness (advanced by the draws).
         outlier_max_size: clusters of at most this many rows are outliers (0: none).
+        quotas: ``(K,)`` rows to draw from each cluster instead of the water-filling quotas
+            (each at most its cluster's size, summing to ``budget``; see
+            :func:`smalltolarge.selection.targeted.targeted_quotas`).
 
     Returns:
         ``(budget,)`` sorted unique int64 row indices.
@@ -292,7 +316,16 @@ def balanced_sample(
         raise S2LError("cluster labels must be non-negative")
     sizes = np.bincount(labels)
     outlier = (sizes <= outlier_max_size) & (sizes > 0)
-    quotas = water_fill(np.where(outlier, 0, sizes), budget, rng)
+    if quotas is None:
+        quotas = water_fill(np.where(outlier, 0, sizes), budget, rng)
+    else:
+        quotas = np.asarray(quotas, dtype=np.int64)
+        sizes = np.bincount(labels, minlength=len(quotas))
+        if len(quotas) != len(sizes) or (quotas > sizes).any() or quotas.sum() != budget:
+            raise S2LError(
+                f"quotas {quotas.tolist()} do not fit clusters of sizes {sizes.tolist()} "
+                f"and a budget of {budget}"
+            )
     members = _rows_by_label(labels, sizes)
     starts = np.concatenate([[0], np.cumsum(sizes)])
 

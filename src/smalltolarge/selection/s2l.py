@@ -92,11 +92,13 @@ class S2LSelector(Selector):
         labels, centroids = kmeans_labels(
             features, k, self.n_iter, seed, backend=self.backend, sample_seed=training_seed
         )
+        rng = np.random.default_rng(draw_seed)
+        quotas = None
+        self.targeted_ = None
+        if signals.target_losses is not None:
+            quotas = self._targeted(signals, labels, centroids, k, budget, rng)
         selected = balanced_sample(
-            labels,
-            budget,
-            np.random.default_rng(draw_seed),
-            outlier_max_size=int(self.outlier_max_size),
+            labels, budget, rng, outlier_max_size=int(self.outlier_max_size), quotas=quotas
         )
 
         self.labels_ = labels
@@ -107,14 +109,42 @@ class S2LSelector(Selector):
         self.warnings_ = self._clustering_warnings(features, n)
         return selected
 
+    def _targeted(self, signals, labels, centroids, k, budget, rng) -> np.ndarray:
+        """Quotas shifted toward the clusters the target trajectories fall in, by
+        ``signals.target_weight`` (see :mod:`smalltolarge.selection.targeted`)."""
+        from smalltolarge.selection.targeted import assign_to_centroids, targeted_quotas
+
+        if type(self)._features is not S2LSelector._features:
+            raise S2LError(f"a target set works with s2l's own trajectories, not {self.name}")
+        if self.outlier_max_size:
+            raise S2LError("a target set cannot be combined with outlier_max_size")
+        sizes = np.bincount(labels, minlength=k)
+        target_labels = assign_to_centroids(signals.target_losses, centroids)
+        share = np.bincount(target_labels, minlength=k) / len(target_labels)
+        weight = float(signals.target_weight)
+        plain, quotas = targeted_quotas(sizes, budget, share, weight, rng)
+        order = np.argsort(sizes, kind="stable")  # as cluster_summary orders its lists
+        self.targeted_ = {
+            "target_weight": weight,
+            "n_target": int(len(target_labels)),
+            "target_share": [round(float(x), 6) for x in share[order]],
+            "quotas_plain": [int(q) for q in plain[order]],
+            "quotas_targeted": [int(q) for q in quotas[order]],
+            "moved": int(np.abs(quotas - plain).sum() // 2),
+        }
+        return quotas
+
     def summary_(self) -> dict[str, Any]:
         """``clusters``, ``n_clusters_effective`` (``K_eff``), ``n_clusters_requested`` (``K``)
-        and ``warnings`` of the fitted clustering."""
+        and ``warnings`` of the fitted clustering; with a target set, ``targeted``: the target
+        share, plain and targeted quotas of each cluster (ordered as ``clusters``) and how many
+        rows moved."""
         return {
             "clusters": cluster_summary(self.cluster_sizes_, self.cluster_taken_),
             "n_clusters_effective": int(self.n_clusters_),
             "n_clusters_requested": int(self.n_clusters),
             "warnings": list(self.warnings_),
+            **({"targeted": self.targeted_} if getattr(self, "targeted_", None) else {}),
         }
 
     #: what :meth:`_features` clusters, for messages
