@@ -20,6 +20,7 @@ from smalltolarge.cli.options import (
     PrecisionOpt,
     SkipInvalidOpt,
     TemplateOpt,
+    WarmupOpt,
     choices,
 )
 from smalltolarge.settings import METRICS, EvalSettings, FinetuneSettings
@@ -49,6 +50,7 @@ def finetune_cmd(
         int, typer.Option(help="Per-device batch.")
     ] = FinetuneSettings.batch_size,
     grad_accum: GradAccumOpt = FinetuneSettings.grad_accum,
+    warmup_ratio: WarmupOpt = FinetuneSettings.warmup_ratio,
     lora: Annotated[
         bool,
         typer.Option(
@@ -57,8 +59,22 @@ def finetune_cmd(
         ),
     ] = FinetuneSettings.lora,
     lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = FinetuneSettings.lora_r,
+    lora_alpha: Annotated[
+        int, typer.Option(help="LoRA scale (alpha).")
+    ] = FinetuneSettings.lora_alpha,
+    lora_dropout: Annotated[
+        float, typer.Option(help="LoRA dropout, in [0, 1).")
+    ] = FinetuneSettings.lora_dropout,
     precision: PrecisionOpt = FinetuneSettings.precision,
     seed: Annotated[int, typer.Option(help="Training seed.")] = FinetuneSettings.seed,
+    save_steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Steps between resumable checkpoints (default: about ten per run, at least "
+            "50 steps apart).",
+            show_default=False,
+        ),
+    ] = FinetuneSettings.save_steps,
     skip_invalid: SkipInvalidOpt = False,
     force: ForceOpt = False,
 ) -> None:
@@ -76,10 +92,14 @@ def finetune_cmd(
         learning_rate=lr,
         batch_size=batch_size,
         grad_accum=grad_accum,
+        warmup_ratio=warmup_ratio,
         lora=lora,
         lora_r=lora_r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
         precision=precision,
         seed=seed,
+        save_steps=save_steps,
         force=force,
         on_invalid="skip" if skip_invalid else "error",
     )
