@@ -148,6 +148,16 @@ class RunDir:
         return self.root / "pool.json"
 
     @property
+    def extensions_meta(self) -> Path:
+        """What ``s2l extend`` added to the pool, extension by extension."""
+        return self.root / "extensions.json"
+
+    @property
+    def extensions_dir(self) -> Path:
+        """Each extension's ids and the grown pool's record file."""
+        return self.root / "extensions"
+
+    @property
     def duplicates(self) -> Path:
         """The duplicate groups dropped from the pool (``prepare(dedup=...)``); beside
         ``pool/``, which is replaced as a whole when the pool is saved."""

@@ -178,6 +178,12 @@ def check_proxy_matches(run_dir: RunDir, proxy_meta: dict[str, Any], tokenised_f
     """Refuse a proxy trained on another tokenisation: its vocabulary and the token ids of
     the pool no longer agree, so scoring with it would be wrong (or fail half-way)."""
     theirs = proxy_meta.get("tokenised_fingerprint")
+    if theirs is not None and theirs != tokenised_fp and run_dir.extensions_meta.is_file():
+        raise S2LError(
+            f"{run_dir.root}: the pool was grown by `s2l extend` after the proxy trained, and "
+            f"its new examples are already scored ({run_dir.trajectories_dir}); to train the "
+            "proxy on the grown pool, run `s2l train-proxy --force`, then `s2l score`"
+        )
     if theirs is not None and theirs != tokenised_fp:
         raise S2LError(
             f"{run_dir.proxy_dir} was trained on a different pool or tokenisation (fingerprint "

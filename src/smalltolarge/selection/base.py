@@ -277,6 +277,25 @@ def water_fill(
     return quotas
 
 
+def water_fill_above(
+    sizes: np.ndarray, floors: np.ndarray, budget: int, rng: np.random.Generator
+) -> np.ndarray:
+    """:func:`~smalltolarge.selection.water_fill` with a lower bound: quotas ``>= floors``
+    summing to ``budget`` (``sum(floors) <= budget <= sum(sizes)``). A group whose water-filled
+    quota falls below its floor keeps its floor and leaves the filling; the others share what
+    is left, until every quota reaches its floor."""
+    quotas = floors.astype(np.int64).copy()
+    free = np.ones(len(sizes), dtype=bool)
+    while free.any():
+        fill = water_fill(sizes[free], budget - int(quotas[~free].sum()), rng)
+        below = fill < floors[free]
+        if not below.any():
+            quotas[free] = fill
+            break
+        free[np.flatnonzero(free)[below]] = False
+    return quotas
+
+
 def balanced_sample(
     labels: np.ndarray,
     budget: int,
