@@ -329,16 +329,23 @@ class ScoreSettings(StageSettings):
 class SelectSettings(StageSettings):
     """Selecting a subset (``s2l select``): the method, the budget (a fraction, a count or a
     percentage), the seed, S2L's number of clusters (None: the method's default) and the
-    column to select within (None: the whole pool at once)."""
+    column to select within (None: the whole pool at once). ``target_set``: a file of
+    examples of the task that matters, whose trajectories move S2L's quotas toward their
+    clusters by ``target_weight`` in [0, 1] (0: plain S2L, 1: fully target-weighted; see
+    :mod:`smalltolarge.selection.targeted`)."""
 
     method: str = "s2l"
     budget: float | int | str = 0.3
     seed: int = 0
     n_clusters: int | None = None
     stratify_by: str | None = None
+    target_set: str | None = None
+    target_weight: float = 0.5
 
     def __post_init__(self) -> None:
         check_name("method", self.method)
+        check_name("target_set", self.target_set, optional=True)
+        check_in_range("target_weight", self.target_weight, 0.0, 1.0, closed="[]")
         parse_budget(self.budget)
         check_non_negative_int("seed", self.seed)
         check_positive_int("n_clusters", self.n_clusters, optional=True)

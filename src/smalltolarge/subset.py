@@ -9,6 +9,7 @@ bit; a selection whose summary records the same fingerprint is reused.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections import Counter
@@ -72,6 +73,8 @@ def select_subset(
     pool: str | os.PathLike | None = None,
     settings: dict[str, Any] | None = None,
     preset: str | None = None,
+    target_set: str | os.PathLike | None = SelectSettings.target_set,
+    target_weight: float = SelectSettings.target_weight,
     force: bool = False,
 ) -> SelectionResult:
     """Select ``budget`` examples of the run's pool with ``method`` and write them out.
@@ -85,16 +88,46 @@ def select_subset(
     pool is the run's, or the file ``pool``. ``preset="reference"`` selects as the public
     reference code does: per source, with clusters of at most two rows set aside (see
     :mod:`smalltolarge.presets`).
+
+    ``target_set`` (a file of examples of the task the user cares about, read like a pool;
+    S2L selecting globally only) is scored at the run's kept proxy checkpoints, never trained
+    on, and S2L's cluster quotas move toward the clusters it falls in by ``target_weight`` (0:
+    plain S2L, 1: fully target-weighted; see :mod:`smalltolarge.selection.targeted`); the
+    summary's ``targeted`` entry shows how the quotas moved.
     """
     run_dir = RunDir.of(run_dir)
     SelectSettings(  # checked once, here, before anything is read
-        method=method, budget=budget, seed=seed, n_clusters=n_clusters, stratify_by=stratify_by
+        method=method,
+        budget=budget,
+        seed=seed,
+        n_clusters=n_clusters,
+        stratify_by=stratify_by,
+        target_set=None if target_set is None else os.fspath(target_set),
+        target_weight=target_weight,
     )
+    if target_set is not None and (method != "s2l" or stratify_by or preset):
+        raise S2LError(
+            "a target set steers plain S2L selecting over the whole pool: use method s2l "
+            "without stratify_by or a preset"
+        )
     if trajectories is None:
         inputs = run_inputs(run_dir)
     else:
         inputs = _imported_inputs(run_dir, trajectories, trajectory_ids, pool)
     the_pool, signals = inputs.pool, inputs.signals
+    target = None
+    if target_set is not None:
+        from smalltolarge.rescore import score_target_set
+
+        target_losses, target_tok = score_target_set(run_dir, target_set)
+        signals = dataclasses.replace(
+            signals, target_losses=target_losses, target_weight=target_weight
+        )
+        target = {
+            "target_set": os.fspath(target_set),
+            "target_fingerprint": target_tok.fingerprint,
+            "target_weight": target_weight,
+        }
 
     n_budget = resolve_budget(budget, len(the_pool), n_selectable=signals.n)
     defaults = make_selector(method).get_params()  # a setting at its default changes nothing
@@ -113,6 +146,9 @@ def select_subset(
     )
     stratify = isinstance(selector, Stratified)
     described = selector.settings()
+    if target is not None:  # in the name, the fingerprint and the recorded settings
+        described = {**described, **target}
+        given = {**given, "target": target["target_fingerprint"][:8], "tw": target_weight}
     name = name or _default_name(method, budget, seed, stratify, preset, given)
     out = run_dir.selection_dir(name)
     fp = fingerprint(inputs.fingerprint, method, str(described), n_budget, seed, stratify)

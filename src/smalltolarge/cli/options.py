@@ -140,6 +140,19 @@ StratOpt = Annotated[
     typer.Option(help="Select per source: the pool's source column.", show_default=False),
 ]
 SeedOpt = Annotated[int, typer.Option(help="Selection seed.")]
+TargetSetOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Examples of the task that matters (a file read like the pool): scored at the "
+        "kept proxy checkpoints, they move S2L's cluster quotas toward their clusters "
+        "(s2l, selecting globally).",
+        show_default=False,
+    ),
+]
+TargetWeightOpt = Annotated[
+    float,
+    typer.Option(help="With --target-set: 0 is plain S2L, 1 fully target-weighted quotas."),
+]
 PresetOpt = Annotated[
     str | None,
     typer.Option(

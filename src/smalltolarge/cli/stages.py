@@ -50,6 +50,8 @@ from smalltolarge.cli.options import (
     SourceColOpt,
     SplitOpt,
     StratOpt,
+    TargetSetOpt,
+    TargetWeightOpt,
     TemplateOpt,
     WarmupOpt,
     choices,
@@ -285,6 +287,8 @@ def select_cmd(
             show_default=False,
         ),
     ] = None,
+    target_set: TargetSetOpt = SelectSettings.target_set,
+    target_weight: TargetWeightOpt = SelectSettings.target_weight,
     force: ForceOpt = False,
     preset: PresetOpt = None,
     report: ReportOpt = False,
@@ -314,11 +318,70 @@ def select_cmd(
         pool=pool,
         settings={"outlier_max_size": outlier_max_size},
         preset=preset,
+        target_set=target_set,
+        target_weight=target_weight,
         force=force,
     )
     print_selection_summary(result.summary)
     print_paths(selection_paths(result))
     report_selection(run_dir, result.directory.name, report)
+
+
+@command("extend")
+def extend_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="The run to grow.")],
+    new_pool: Annotated[str, typer.Argument(help="The new examples: a pool file or dataset.")],
+    selection: Annotated[
+        str | None,
+        typer.Option(
+            help="The S2L selection to extend (default: the latest made on the run's "
+            "trajectories).",
+            show_default=False,
+        ),
+    ] = None,
+    budget: Annotated[
+        str | None,
+        typer.Option(
+            help="A fraction of the grown pool or a count (default: the selection's, as given).",
+            show_default=False,
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Seed of the new draws (default: the selection's).", show_default=False),
+    ] = None,
+    prompt_column: PromptColOpt = PrepareSettings.prompt_column,
+    input_column: InputColOpt = PrepareSettings.input_column,
+    response_column: ResponseColOpt = PrepareSettings.response_column,
+    source_column: SourceColOpt = PrepareSettings.source_column,
+    id_column: IdColOpt = PrepareSettings.id_column,
+    split: SplitOpt = PrepareSettings.split,
+    skip_invalid: SkipInvalidOpt = False,
+) -> None:
+    """Add new examples to a run: score them at the kept proxy checkpoints (they only), assign
+    them to the selection's clusters and extend it, keeping every example it selected."""
+    from smalltolarge.extend import extend_run
+    from smalltolarge.report import print_paths, print_selection_summary
+
+    result = extend_run(
+        run_dir,
+        new_pool,
+        selection=selection,
+        budget=budget,
+        seed=seed,
+        prompt_column=prompt_column,
+        input_column=input_column,
+        response_column=response_column,
+        source_column=source_column,
+        id_column=id_column,
+        split=split,
+        on_invalid="skip" if skip_invalid else "error",
+    )
+    if result.selection is None:
+        typer.echo(f"extend: {result.name} added; no S2L selection to extend: `s2l select`")
+        return
+    print_selection_summary(result.selection.summary)
+    print_paths(selection_paths(result.selection))
 
 
 @command("run")
@@ -352,6 +415,8 @@ def run_cmd(
     budget: BudgetOpt = str(SelectSettings.budget),
     clusters: ClustersOpt = SelectSettings.n_clusters,
     stratify_by: StratOpt = SelectSettings.stratify_by,
+    target_set: TargetSetOpt = SelectSettings.target_set,
+    target_weight: TargetWeightOpt = SelectSettings.target_weight,
     seed: SeedOpt = SelectSettings.seed,
     proxy_seed: Annotated[int, typer.Option(help="Proxy training seed.")] = ProxySettings.seed,
     preset: PresetOpt = None,
@@ -397,6 +462,8 @@ def run_cmd(
         budget=budget,
         n_clusters=clusters,
         stratify_by=stratify_by,
+        target_set=target_set,
+        target_weight=target_weight,
         seed=seed,
         preset=preset,
         force=force,
