@@ -365,3 +365,18 @@ def test_methods_entries_take_a_preset_and_refuse_an_unknown_one(tmp_path):
     assert method_run(cfg, spec, 0.1, 0).preset == "reference"
     with pytest.raises(S2LError, match="preset 'paper' is not one of"):
         load_config({**base, "methods": [{**entry, "preset": "paper"}]})
+
+
+def test_a_methods_entry_takes_a_target_set(config, tmp_path):
+    target = tmp_path / "target.jsonl"
+    target.write_text("", encoding="utf-8")
+    entry = {"method": "s2l", "label": "s2l-targeted", "budgets": [0.5], "target_set": str(target),
+             "target_weight": 1.0}  # fmt: skip
+    spec = load_config({**config, "methods": [entry]}).methods[0]
+    assert (spec.target_set, spec.target_weight) == (target, 1.0)
+    with pytest.raises(S2LError, match="target_weight"):
+        load_config({**config, "methods": [{**entry, "target_weight": 3}]})
+    with pytest.raises(S2LError, match="steers s2l selecting globally"):
+        load_config({**config, "methods": [{**entry, "method": "random", "label": "r"}]})
+    with pytest.raises(S2LError, match="stratify: false"):
+        load_config({**config, "stratify_by": "source", "methods": [entry]})

@@ -88,6 +88,7 @@ from smalltolarge.settings import (
     FinetuneSettings,
     PrepareSettings,
     ProxySettings,
+    SelectSettings,
     StageSettings,
     budget_label,
     check_keys,
@@ -140,7 +141,17 @@ _SECTIONS: dict[str, dict[str, tuple[type[StageSettings], str]]] = {
 }
 
 
-_METHOD_KEYS = ("method", "budgets", "seeds", "settings", "label", "stratify", "preset")
+_METHOD_KEYS = (
+    "method",
+    "budgets",
+    "seeds",
+    "settings",
+    "label",
+    "stratify",
+    "preset",
+    "target_set",
+    "target_weight",
+)
 
 
 @dataclass(frozen=True)
@@ -148,7 +159,8 @@ class MethodSpec:
     """One ``methods`` entry: a selection method, its budgets, seeds and constructor settings;
     ``label`` names it in results (default: the method), ``stratify`` (None: the config's
     ``stratify_by``) selects per source or globally, ``preset`` (e.g. ``"reference"``) applies
-    a :mod:`smalltolarge.presets` bundle to the selection."""
+    a :mod:`smalltolarge.presets` bundle to the selection; ``target_set`` (S2L, selecting
+    globally) steers the quotas toward a target set's clusters by ``target_weight``."""
 
     method: str
     budgets: tuple[float | int | str, ...]
@@ -157,6 +169,8 @@ class MethodSpec:
     label: str = ""
     stratify: bool | None = None
     preset: str | None = None
+    target_set: Path | None = None
+    target_weight: float = SelectSettings.target_weight
 
     def __post_init__(self) -> None:
         if not self.label:
@@ -233,11 +247,18 @@ def load_config(
 
     name = str(values["name"])
     methods = tuple(
-        _method_spec(entry, k) for k, entry in enumerate(_as_list(values["methods"], "methods"))
+        _method_spec(entry, k, base)
+        for k, entry in enumerate(_as_list(values["methods"], "methods"))
     )
     if not methods and not values["full_pool"]:
         raise S2LError("the config has no methods and full_pool is false: nothing to run")
     _check_labels(methods)
+    for spec in methods:
+        if spec.target_set and (spec.stratify or (spec.stratify is None and values["stratify_by"])):
+            raise S2LError(
+                f"methods entry {spec.label!r}: a target set steers s2l selecting globally; "
+                "give it stratify: false"
+            )
     for key in ("pool_limit", "eval_per_source"):
         if values[key] is not None:
             _check_positive_int(values[key], key)
@@ -284,7 +305,7 @@ def _section(value: Any, name: str) -> dict[str, Any]:
     return {key: value.get(key) if not attr else out[key] for key, (_, attr) in keys.items()}
 
 
-def _method_spec(entry: Any, k: int) -> MethodSpec:
+def _method_spec(entry: Any, k: int, base: Path) -> MethodSpec:
     where = f"methods[{k}]"
     if not isinstance(entry, dict):
         raise S2LError(f"{where} must be a mapping with method, budgets, seeds, settings")
@@ -326,7 +347,19 @@ def _method_spec(entry: Any, k: int) -> MethodSpec:
     preset = entry.get("preset")
     if preset is not None and preset not in PRESETS:
         raise S2LError(f"{where}.preset {preset!r} is not one of {', '.join(PRESETS)}")
-    return MethodSpec(method, budgets, seeds, dict(settings), label, stratify, preset)
+    target_set = entry.get("target_set")
+    target_weight = entry.get("target_weight", SelectSettings.target_weight)
+    try:
+        SelectSettings(method=method, target_set=target_set, target_weight=target_weight)
+    except S2LError as e:
+        raise S2LError(f"{where}: {e}") from None
+    if target_set is not None:
+        if method != "s2l" or stratify or preset:
+            raise S2LError(f"{where}: a target set steers s2l selecting globally (stratify: false)")
+        target_set = _data_path(target_set, base, f"{where}.target_set")
+    return MethodSpec(
+        method, budgets, seeds, dict(settings), label, stratify, preset, target_set, target_weight
+    )
 
 
 def _check_labels(methods: tuple[MethodSpec, ...]) -> None:
@@ -334,11 +367,12 @@ def _check_labels(methods: tuple[MethodSpec, ...]) -> None:
     first: dict[str, MethodSpec] = {}
     for spec in methods:
         other = first.setdefault(spec.label, spec)
-        if (other.method, other.settings, other.stratify, other.preset) != (
+        if (other.method, other.settings, other.stratify, other.preset, other.target_set) != (
             spec.method,
             spec.settings,
             spec.stratify,
             spec.preset,
+            spec.target_set,
         ):
             raise S2LError(
                 f"two methods entries are labelled {spec.label!r} but select differently "

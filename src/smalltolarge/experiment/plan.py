@@ -9,6 +9,7 @@ and its directory name under ``eval/`` and ``models/``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from smalltolarge.compare import BASE, FULL_POOL, RANDOM, run_name
@@ -33,6 +34,8 @@ class PlannedRun:
     selector: str = ""
     stratify_by: str | None = None
     preset: str | None = None
+    target_set: Path | None = None
+    target_weight: float = 0.5
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -85,6 +88,8 @@ def method_run(cfg: ExperimentConfig, spec: MethodSpec, budget: Any, seed: int) 
         spec.method,
         cfg.stratify_column(spec),
         spec.preset,
+        spec.target_set,
+        spec.target_weight,
     )
 
 

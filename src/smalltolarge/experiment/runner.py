@@ -239,6 +239,11 @@ def _check_same_settings(cfg: ExperimentConfig, pool: Pool, eval_pool: Pool, csv
             "stratify_by": cfg.stratify_column(spec),
             # only when set, so that results made before the key existed still resume
             **({"preset": spec.preset} if spec.preset else {}),
+            **(
+                {"target_set": str(spec.target_set), "target_weight": spec.target_weight}
+                if spec.target_set
+                else {}
+            ),
         }
         for spec in cfg.methods
     }
@@ -309,6 +314,8 @@ def _do_run(
                 stratify_by=run.stratify_by,
                 settings=settings,
                 preset=run.preset,
+                target_set=run.target_set,
+                target_weight=run.target_weight,
                 name=run.name,
             ).directory
         train_started = time.perf_counter()
