@@ -4,6 +4,7 @@
 # calibration curve and the paired comparisons. Outputs and logs under runs/benchmarks/evidence/.
 #   bash benchmarks/evidence/run.sh              # main grid + full pool + calibration
 #   bash benchmarks/evidence/run.sh proxy-small  # then also the proxy comparison
+#   bash benchmarks/evidence/run.sh proxy-pretrained  # then the pretrained (SmolLM2 cut) proxy
 # The published figures ran each experiment on one core of a 2-core machine (main grid on core
 # 0, full pool on core 1), one torch thread each:
 #   OMP_NUM_THREADS=1 bash benchmarks/evidence/run.sh
@@ -40,5 +41,11 @@ if [ "${1:-}" = proxy-small ]; then
   stamp "proxy comparison: the target's own architecture as the proxy"
   on_core 0 "$S2L" experiment benchmarks/evidence/proxy-small.yaml > "$OUT/proxy-small.log" 2>&1
   stamp "proxy comparison done"
+fi
+if [ "${1:-}" = proxy-pretrained ]; then
+  stamp "proxy comparison: SmolLM2-135M-Instruct cut to 4 layers as the proxy"
+  [ -f "$OUT/smollm2-k4/config.json" ] || "$S2L" truncate-model smollm2-135m --layers 4 -o "$OUT/smollm2-k4"
+  on_core 1 "$S2L" experiment benchmarks/evidence/proxy-pretrained.yaml > "$OUT/proxy-pretrained.log" 2>&1
+  stamp "pretrained proxy comparison done"
 fi
 stamp "done"
