@@ -5,6 +5,7 @@
 #   bash benchmarks/evidence/run.sh              # main grid + full pool + calibration
 #   bash benchmarks/evidence/run.sh proxy-small  # then also the proxy comparison
 #   bash benchmarks/evidence/run.sh proxy-pretrained  # then the pretrained (SmolLM2 cut) proxy
+#   bash benchmarks/evidence/run.sh targeted     # then targeted selection (gsm_symbolic)
 # The published figures ran each experiment on one core of a 2-core machine (main grid on core
 # 0, full pool on core 1), one torch thread each:
 #   OMP_NUM_THREADS=1 bash benchmarks/evidence/run.sh
@@ -47,5 +48,11 @@ if [ "${1:-}" = proxy-pretrained ]; then
   [ -f "$OUT/smollm2-k4/config.json" ] || "$S2L" truncate-model smollm2-135m --layers 4 -o "$OUT/smollm2-k4"
   on_core 1 "$S2L" experiment benchmarks/evidence/proxy-pretrained.yaml > "$OUT/proxy-pretrained.log" 2>&1
   stamp "pretrained proxy comparison done"
+fi
+if [ "${1:-}" = targeted ]; then
+  stamp "targeted selection: gsm_symbolic's bundled eval items as the target set"
+  "$PY" benchmarks/evidence/make_target.py --source gsm_symbolic --out "$OUT/target-gsm_symbolic.jsonl"
+  on_core 0 "$S2L" experiment benchmarks/evidence/targeted.yaml > "$OUT/targeted.log" 2>&1
+  stamp "targeted selection done"
 fi
 stamp "done"
