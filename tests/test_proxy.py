@@ -298,7 +298,7 @@ def test_checkpoint_every(tmp_path, trained_run):
     [
         (dict(learning_rate=0), "learning_rate must be positive, not 0"),
         (dict(learning_rate=-1e-3), "learning_rate must be positive"),
-        (dict(batch_size=0), "batch_size must be a positive integer, not 0"),
+        (dict(batch_size=0), r"batch_size must be a positive integer \(>= 1\), not 0"),
         (dict(grad_accum=0), "grad_accum must be a positive integer"),
         (dict(epochs=0), "epochs must be positive"),
         (dict(warmup_ratio=1.0), "warmup_ratio"),

@@ -36,7 +36,6 @@ from smalltolarge.models import (
     load_causal_lm,
     load_tokenizer,
     pad_token_id,
-    resolve_precision,
 )
 from smalltolarge.progress import library_bars, messages
 from smalltolarge.runs import (
@@ -152,18 +151,10 @@ def finetune(
         raise TypeError(
             f"finetune() got unexpected keyword arguments: {', '.join(sorted(unknown))}"
         )
-    FinetuneSettings(  # every setting checked once, here, before anything is loaded
+    checked = FinetuneSettings(  # every setting checked once, here, before anything is loaded
         **{name: value for name, value in locals().items() if name in FinetuneSettings.names()}
     )
-    recipe = Recipe(
-        epochs=epochs,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        warmup_ratio=warmup_ratio,
-        precision=resolve_precision(precision),
-        seed=seed,
-    )
+    recipe = Recipe.of(checked)
     out_dir = Path(out_dir)
     model_dir, meta_path = out_dir / "model", out_dir / "finetune.json"
     # Under `accelerate launch` every process runs this function; the state knows how many.

@@ -96,7 +96,7 @@ def train_proxy(
     ``preset="reference"`` scores in fp32 as the reference code does.
     """
     run_dir = RunDir.of(run_dir)
-    n_checkpoints = ProxySettings(  # every setting checked once, here
+    checked = ProxySettings(  # every setting checked once, here
         epochs=epochs,
         learning_rate=learning_rate,
         batch_size=batch_size,
@@ -108,7 +108,8 @@ def train_proxy(
         precision=precision,
         score_precision=score_precision,
         max_tokens=max_tokens,
-    ).n_checkpoints  # None when checkpoint_every is given
+    )
+    n_checkpoints = checked.n_checkpoints  # None when checkpoint_every is given
     tok_pool = load_tokenised(run_dir)
     proxy = read_json(run_dir.tokenised_meta)["proxy"]
     architecture = PRESETS.get(proxy)
@@ -116,15 +117,7 @@ def train_proxy(
         learning_rate = architecture.learning_rate if architecture else REFERENCE_LEARNING_RATE
     if batch_size is None:
         batch_size = architecture.batch_size if architecture else REFERENCE_BATCH_SIZE
-    recipe = Recipe(
-        epochs=epochs,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        warmup_ratio=warmup_ratio,
-        precision=resolve_precision(precision),
-        seed=seed,
-    )
+    recipe = Recipe.of(checked, learning_rate=learning_rate, batch_size=batch_size)
     score_precision = apply_preset(preset, score_precision=(score_precision, None))[
         "score_precision"
     ]

@@ -46,6 +46,18 @@ class Recipe:
     precision: str
     seed: int
 
+    @classmethod
+    def of(cls, settings: Any, **resolved: Any) -> Recipe:
+        """The recipe of a stage's checked settings (:class:`~smalltolarge.settings.
+        ProxySettings` or :class:`~smalltolarge.settings.FinetuneSettings`), with the values the
+        stage resolved itself in ``resolved`` (e.g. a preset's learning rate for None)."""
+        from smalltolarge.models import resolve_precision
+
+        names = ("epochs", "learning_rate", "batch_size", "grad_accum", "warmup_ratio", "seed")
+        values = {name: getattr(settings, name) for name in names}
+        values["precision"] = resolve_precision(settings.precision)
+        return cls(**{**values, **resolved})
+
     def total_steps(self, n_examples: int, processes: int) -> int:
         """Optimiser steps to train ``n_examples`` for ``epochs`` on ``processes`` processes."""
         per_step = self.batch_size * self.grad_accum * processes
