@@ -71,3 +71,38 @@ def test_cli_comma_separated_budgets(monkeypatch, capsys, run_copy):
         main()
     assert done.value.code == 2
     assert "nested budgets" in capsys.readouterr().err
+
+
+def test_given_positions_rank_inside_each_group():
+    # two groups; inside each, the given ranks are kept: every prefix takes each group's
+    # lowest ranks first, in water-filling counts
+    groups = np.array([0, 0, 0, 1, 1, 1, 1, 1])
+    positions = np.array([2, 0, 1, 4, 3, 2, 1, 0])
+    order = nested_order(groups, np.random.default_rng(0), positions=positions)
+    for k in range(len(groups) + 1):
+        prefix = order[:k]
+        counts = np.bincount(groups[prefix], minlength=2)
+        assert counts.tolist() == water_fill([3, 5], k, np.random.default_rng(0)).tolist()
+        for g in (0, 1):
+            assert sorted(positions[prefix][groups[prefix] == g]) == list(range(counts[g]))
+
+
+def test_per_source_nested_selections(run_copy):
+    from smalltolarge.data import load_saved_pool
+
+    results = select_nested(run_copy, ["0.1", "0.3"], seed=0, n_clusters=3, stratify_by="source")
+    small, large = (set(r.ids) for r in results)
+    assert small <= large and len(small) == 12 and len(large) == 36
+    assert results[0].directory.name == "s2l-nested-stratified-seed0-0.1"
+    dataset = load_saved_pool(run_copy).dataset
+    source_of = dict(zip(dataset["id"], dataset["source"], strict=True))
+    selectable = (results[0].directory / ORDER_FILE).read_text().splitlines()
+    names = sorted({source_of[i] for i in selectable})
+    sizes = np.array([sum(source_of[i] == name for i in selectable) for name in names])
+    for r in results:
+        taken = np.array([sum(source_of[i] == name for i in r.ids) for name in names])
+        quotas = r.summary["source_quotas"]
+        assert [quotas[name] for name in names] == taken.tolist()
+        # water-filled over sources (up to the order among equal-size sources)
+        expected = water_fill(sizes, len(r.ids))
+        assert np.abs(taken - expected).max() <= 1 and taken.sum() == expected.sum()

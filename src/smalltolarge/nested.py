@@ -32,6 +32,7 @@ import numpy as np
 
 from smalltolarge.errors import S2LError
 from smalltolarge.runs import RunDir, fingerprint
+from smalltolarge.selection.stratified import Stratified
 
 if TYPE_CHECKING:
     from smalltolarge.subset import SelectionResult
@@ -40,7 +41,11 @@ ORDER_FILE = "order.txt"
 
 
 def nested_order(
-    labels: np.ndarray, rng: np.random.Generator, *, outlier_max_size: int = 0
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    outlier_max_size: int = 0,
+    positions: np.ndarray | None = None,
 ) -> np.ndarray:
     """A ranking of all rows whose every prefix is a water-filled, cluster-balanced sample.
 
@@ -51,6 +56,9 @@ def nested_order(
         outlier_max_size: clusters of at most this many rows come last, in a random order (as
             :func:`~smalltolarge.selection.balanced_sample` draws them only for budget the
             other clusters cannot fill).
+        positions: ``(n,)`` each row's rank inside its group (0, 1, ... per group), when the
+            order inside a group is given (per-source selection: each source's own ranking);
+            default: a uniformly random order inside each group.
 
     Returns:
         ``(n,)`` int64 permutation of the rows; for each ``k`` the first ``k`` hold
@@ -73,6 +81,8 @@ def nested_order(
     starts = np.concatenate([[0], np.cumsum(sizes)])
     position = np.empty(n, dtype=np.int64)
     position[grouped] = np.arange(n) - starts[labels[grouped]]
+    if positions is not None:
+        position = np.asarray(positions, dtype=np.int64).reshape(-1)
     is_outlier = outlier[labels]
     last = rng.permutation(n)  # outliers' own random order
     key_j = np.where(is_outlier, last, position)
@@ -88,20 +98,24 @@ def select_nested(
     seed: int = 0,
     n_clusters: int | None = None,
     outlier_max_size: int = 0,
+    stratify_by: str | None = None,
     name: str | None = None,
 ) -> list[SelectionResult]:
     """Write one S2L selection per budget from a single clustering, nested, with ``order.txt``.
 
     ``budgets`` are fractions or counts as for :func:`~smalltolarge.subset.select_subset`; the
-    clustering is S2L's for the largest. Selections are named ``NAME-BUDGET`` (default
-    ``s2l-nested-seedSEED-BUDGET``). Returns the
+    clustering is S2L's for the largest. With ``stratify_by`` (per source, as the reference
+    code selects), each source is clustered and ranked alone and the sources are interleaved
+    so that every prefix splits over the sources by water-filling, as the per-source selection
+    does. Selections are named ``NAME-BUDGET`` (default ``s2l-nested-seedSEED-BUDGET``, with
+    ``-stratified`` per source). Returns the
     :class:`~smalltolarge.subset.SelectionResult` of each budget, in the order given.
 
     Raises:
         S2LError: fewer than one budget, or a budget the pool cannot supply.
     """
-    from smalltolarge.selection import make_selector, resolve_budget
-    from smalltolarge.subset import run_inputs, write_selection
+    from smalltolarge.selection import resolve_budget
+    from smalltolarge.subset import make_pool_selector, run_inputs, write_selection
 
     if not budgets:
         raise S2LError("nested selection needs at least one budget")
@@ -109,23 +123,33 @@ def select_nested(
     inputs = run_inputs(run)
     pool, signals = inputs.pool, inputs.signals
     counts = [resolve_budget(b, len(pool), n_selectable=signals.n) for b in budgets]
-    selector = make_selector("s2l", n_clusters=n_clusters, outlier_max_size=outlier_max_size)
+    selector = make_pool_selector(
+        pool,
+        method="s2l",
+        n_clusters=n_clusters,
+        stratify_by=stratify_by,
+        settings={"outlier_max_size": outlier_max_size},
+    )
     selector.select(signals, max(counts), seed)  # fits the clustering: labels_, sizes
     labels = selector.labels_
-    order = nested_order(
-        labels,
-        np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2]),
-        outlier_max_size=outlier_max_size,
-    )
+    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
+    stratified = isinstance(selector, Stratified)
+    if stratified:
+        order = _per_source_order(selector, signals.n, rng, outlier_max_size)
+    else:
+        order = nested_order(labels, rng, outlier_max_size=outlier_max_size)
     ranked_ids = "".join(f"{i}\n" for i in signals.ids[order])
     described = selector.settings()
     fp = fingerprint(inputs.fingerprint, "s2l-nested", str(described), sorted(counts), seed)
-    prefix = name or f"s2l-nested-seed{seed}"
+    prefix = name or f"s2l-nested{'-stratified' if stratified else ''}-seed{seed}"
     results = []
     for budget, count in zip(budgets, counts, strict=True):
         picked = np.sort(order[:count])
         # one clustering serves every budget: only what is taken from each cluster differs
-        selector.cluster_taken_ = np.bincount(labels[picked], minlength=selector.n_clusters_)
+        if stratified:
+            _set_taken(selector, picked, signals.n)
+        else:
+            selector.cluster_taken_ = np.bincount(labels[picked], minlength=selector.n_clusters_)
         record = {
             "fingerprint": fp,
             "method": "s2l",
@@ -147,3 +171,35 @@ def select_nested(
             )
         )
     return results
+
+
+def _per_source_order(
+    selector: Stratified, n: int, rng: np.random.Generator, outlier_max_size: int
+) -> np.ndarray:
+    """Each source ranked alone by :func:`nested_order` on its own clustering, then the
+    sources interleaved by :func:`nested_order` over sources with those ranks as positions:
+    every prefix splits over the sources by water-filling and is balanced inside each."""
+    source = np.empty(n, dtype=np.int64)
+    positions = np.empty(n, dtype=np.int64)
+    for rank, (name, rows) in enumerate(selector.rows_.items()):
+        source[rows] = rank
+        fitted = selector.selectors_.get(name)
+        if fitted is None:  # no quota even at the largest budget: a random order
+            local = rng.permutation(len(rows))
+        else:
+            local = nested_order(fitted.labels_, rng, outlier_max_size=outlier_max_size)
+        positions[rows[local]] = np.arange(len(rows))
+    return nested_order(source, rng, positions=positions)
+
+
+def _set_taken(selector: Stratified, picked: np.ndarray, n: int) -> None:
+    """What each source and each of its clusters gives to ``picked``, for the summary."""
+    chosen = np.zeros(n, dtype=bool)
+    chosen[picked] = True
+    for name, rows in selector.rows_.items():
+        selector.quotas_[name] = int(chosen[rows].sum())
+        fitted = selector.selectors_.get(name)
+        if fitted is not None:
+            fitted.cluster_taken_ = np.bincount(
+                fitted.labels_[chosen[rows]], minlength=fitted.n_clusters_
+            )

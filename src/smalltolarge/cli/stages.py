@@ -499,10 +499,10 @@ def _select_nested(
     from smalltolarge.nested import ORDER_FILE, select_nested
     from smalltolarge.report import print_paths, print_selection_summary
 
-    if method != "s2l" or stratify_by is not None or trajectories is not None:
+    if method != "s2l" or trajectories is not None:
         raise S2LError(
             "nested budgets (a comma-separated --budget) are for s2l on the run's own "
-            "trajectories, without --stratify-by"
+            "trajectories"
         )
     results = select_nested(
         run_dir,
@@ -510,6 +510,7 @@ def _select_nested(
         seed=seed,
         n_clusters=clusters,
         outlier_max_size=outlier or 0,
+        stratify_by=stratify_by,
         name=name,
     )
     for result in results:
