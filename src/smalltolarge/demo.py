@@ -12,6 +12,7 @@ import os
 
 from smalltolarge.demo_data import DEMO_POOL
 from smalltolarge.pipeline import RunResult, run_pipeline
+from smalltolarge.settings import SelectSettings
 
 #: Settings of the demo: the reference recipe (3 epochs, cosine, warm-up), shrunk to a CPU.
 DEMO_SETTINGS = {
@@ -26,8 +27,8 @@ DEMO_SETTINGS = {
 def run_demo(
     run_dir: str | os.PathLike = "runs/demo",
     *,
-    budget: float | int | str = 0.3,
-    seed: int = 0,
+    budget: float | int | str = SelectSettings.budget,
+    seed: int = SelectSettings.seed,
     progress: bool = True,
 ) -> RunResult:
     """Run prepare -> train proxy -> score -> select on the bundled pool in ``run_dir``."""

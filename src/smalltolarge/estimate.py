@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from smalltolarge.errors import S2LError
+from smalltolarge.settings import PrepareSettings, ProxySettings, SelectSettings
 
 
 @dataclass
@@ -83,12 +84,12 @@ def estimate(
     proxy: str = "tiny",
     target: str,
     gpus: int = 1,
-    checkpoints: int = 12,
-    epochs: float = 3.0,
+    checkpoints: int = ProxySettings.n_checkpoints,
+    epochs: float = ProxySettings.epochs,
     target_epochs: float | None = None,
-    budgets: tuple[float | int | str, ...] = (0.3,),
-    max_length: int = 512,
-    template: str = "alpaca",
+    budgets: tuple[float | int | str, ...] = (SelectSettings.budget,),
+    max_length: int = PrepareSettings.max_length,
+    template: str = PrepareSettings.template,
     tokens_per_second: float | None = None,
     target_tokens_per_second: float | None = None,
     probe_steps: int = 4,

@@ -33,6 +33,7 @@ import numpy as np
 from smalltolarge.errors import S2LError
 from smalltolarge.runs import RunDir, fingerprint
 from smalltolarge.selection.stratified import Stratified
+from smalltolarge.settings import SelectSettings
 
 if TYPE_CHECKING:
     from smalltolarge.subset import SelectionResult
@@ -95,10 +96,10 @@ def select_nested(
     run_dir: str | os.PathLike | RunDir,
     budgets: Sequence[float | int | str],
     *,
-    seed: int = 0,
-    n_clusters: int | None = None,
+    seed: int = SelectSettings.seed,
+    n_clusters: int | None = SelectSettings.n_clusters,
     outlier_max_size: int = 0,
-    stratify_by: str | None = None,
+    stratify_by: str | None = SelectSettings.stratify_by,
     name: str | None = None,
 ) -> list[SelectionResult]:
     """Write one S2L selection per budget from a single clustering, nested, with ``order.txt``.

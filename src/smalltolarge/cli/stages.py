@@ -501,8 +501,7 @@ def _select_nested(
 
     if method != "s2l" or trajectories is not None:
         raise S2LError(
-            "nested budgets (a comma-separated --budget) are for s2l on the run's own "
-            "trajectories"
+            "nested budgets (a comma-separated --budget) are for s2l on the run's own trajectories"
         )
     results = select_nested(
         run_dir,
