@@ -13,6 +13,7 @@ import pytest
 from smalltolarge.data import load_pool, load_saved_pool, write_subset
 from smalltolarge.dedup import (
     DedupSettings,
+    count_duplicates,
     dedup_pool,
     find_duplicates,
     normalise_text,
@@ -192,6 +193,8 @@ def test_prepare_with_dedup_drops_records_and_reuses(planted, tmp_path):
     meta = read_json(run.pool_meta)
     assert meta["n"] == N_DISTINCT
     assert sum("duplicate of" in s["problem"] for s in meta["skipped"]) == 8
+    assert count_duplicates(meta["skipped"]) == 8  # what selection summaries count apart
+    assert count_duplicates([{"where": "p.jsonl line 3", "problem": "empty response"}]) == 0
     report = read_json(run.root / "duplicates.json")
     assert (report["n_dropped"], report["n_dropped_exact"], report["n_dropped_near"]) == (8, 4, 4)
     assert {"kept": "d21", "dropped": ["p6", "p7"], "kind": "near"} in report["groups"]

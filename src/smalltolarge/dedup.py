@@ -48,6 +48,8 @@ from smalltolarge.settings import (
 
 #: written beside ``pool.json`` by ``prepare(dedup=...)`` and ``s2l dedup``
 DUPLICATES_FILE = "duplicates.json"
+#: How a dropped duplicate's problem starts in ``Pool.skipped`` (the rest: ``<id> (<kind>)``).
+DUPLICATE_PROBLEM = "duplicate of "
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,7 @@ def dedup_pool(pool: Pool, settings: DedupSettings) -> tuple[Pool, list[Duplicat
         {
             "where": f"{pool.source_path} record {rows[i] + 1}",
             "id": ids[i],
-            "problem": f"duplicate of {ids[group.kept]} ({group.kind})",
+            "problem": f"{DUPLICATE_PROBLEM}{ids[group.kept]} ({group.kind})",
         }
         for i, group in sorted(dropped.items())
     ]
@@ -204,6 +206,11 @@ def write_deduplicated(
     written = write_subset(pool, rows, out_dir)
     atomic_write_json(out_dir / DUPLICATES_FILE, report)
     return written, report
+
+
+def count_duplicates(skipped: Sequence[dict[str, Any]]) -> int:
+    """How many of a pool's ``skipped`` records are dropped duplicates (not invalid examples)."""
+    return sum(str(s.get("problem", "")).startswith(DUPLICATE_PROBLEM) for s in skipped)
 
 
 def pair_precision_recall(

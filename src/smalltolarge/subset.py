@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from smalltolarge.data import Pool, load_pool, load_saved_pool, write_subset
+from smalltolarge.dedup import count_duplicates
 from smalltolarge.errors import S2LError
 from smalltolarge.formatting import load_tokenised
 from smalltolarge.presets import apply_preset
@@ -428,8 +429,10 @@ def _summary(
         "n_selected": int(len(picked)),
         "seed": seed,
         "n_pool": len(pool),
-        "n_skipped_invalid": len(pool.skipped),
+        "n_skipped_invalid": len(pool.skipped) - count_duplicates(pool.skipped),
     }
+    if count_duplicates(pool.skipped):
+        summary["n_duplicates_dropped"] = count_duplicates(pool.skipped)
     if signals.lengths is not None:
         summary["mean_response_tokens"] = {
             "pool": round(float(signals.lengths.mean()), 2),
