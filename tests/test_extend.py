@@ -174,6 +174,13 @@ def test_only_s2l_selections_are_extended(run, new_file):
         extend_run(run, new_file, selection="rand", progress=False)
 
 
+def test_a_targeted_selection_is_refused(run, new_file):
+    # its quotas follow a target set that an extension does not re-score
+    select_subset(run, budget=20, seed=0, n_clusters=5, name="aimed", target_set=new_file)
+    with pytest.raises(S2LError, match="targeted selection"):
+        extend_run(run, new_file, selection="aimed", progress=False)
+
+
 def test_a_stratified_selection_grows_within_each_source(run, new_file):
     old = select_subset(run, budget=0.3, seed=0, n_clusters=3, stratify_by="source", name="st")
     result = extend_run(run, new_file, selection="st", progress=False)

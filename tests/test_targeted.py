@@ -120,7 +120,7 @@ def _target_file(tmp_path, source: str, n: int = 20):
     return path
 
 
-def test_a_target_set_moves_the_quotas_toward_its_clusters(run_copy, tmp_path):
+def test_a_target_set_moves_the_quotas_toward_its_clusters(run_copy, tmp_path, capsys):
     """On a real run: the target set is scored at the kept checkpoints and the share of the
     subset in the target's clusters grows with the knob. (The tiny test proxy, 2 epochs on 120
     examples, spreads one source over several mixed clusters, so the source count itself is
@@ -145,6 +145,10 @@ def test_a_target_set_moves_the_quotas_toward_its_clusters(run_copy, tmp_path):
         names.add(result.directory.name)
     plain = select_subset(run_copy, method="s2l", budget=30, n_clusters=6, seed=0)
     assert "targeted" not in plain.summary and plain.directory.name not in names
+    from smalltolarge.report import print_selection_summary
+
+    print_selection_summary(summary)  # the printed summary says how the quotas moved
+    assert f"{targeted['moved']} of 30 rows moved" in capsys.readouterr().out
     assert mass == sorted(mass) and mass[-1] > mass[0]
 
 

@@ -242,6 +242,12 @@ def _extendable(directory: Path, traj: Trajectories) -> str | None:
             "made on other trajectories than the run's current ones (scored or extended since); "
             "extend a selection made on them, or run `s2l select` first"
         )
+    if "target_set" in summary.get("settings", {}):
+        return (
+            "a targeted selection (--target-set): its quotas follow the target set, which an "
+            "extension does not re-score; extend a plain S2L selection, or run `s2l select "
+            "--target-set` again on the grown run"
+        )
     return None
 
 

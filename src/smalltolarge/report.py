@@ -59,6 +59,16 @@ def print_selection_summary(summary: dict[str, Any], console: Console | None = N
             f"{sizes[len(sizes) // 2]}; {clusters['taken_whole']} small clusters taken whole, "
             f"the largest sampled at {taken[-1]}/{sizes[-1]}"
         )
+    targeted = summary.get("targeted")
+    if targeted:
+        share = targeted["target_share"]
+        occupied = sum(1 for x in share if x > 0)
+        console.print(
+            f"target set: {targeted['n_target']} examples in {occupied} of {len(share)} "
+            f"clusters; weight {targeted['target_weight']}: {targeted['moved']} of "
+            f"{sum(targeted['quotas_plain'])} rows moved from S2L's quotas toward them",
+            soft_wrap=True,
+        )
     diagnostics = summary.get("diagnostics")
     if diagnostics and diagnostics.get("pc1_share") is not None:
         nmi = [
