@@ -123,25 +123,23 @@ def _raw_jsonl(source: str) -> RawInput:
             raise S2LError(f"{source} line {lineno}: not a JSON object (got {json_type(obj)})")
         records.append(obj)
         linenos.append(lineno)
-    return RawInput(
-        format="jsonl",
-        label=source,
-        columns=_union_keys(records),
-        n=len(records),
-        column=lambda name: [r.get(name, MISSING) for r in records],
-        where=lambda i: f"{source} line {linenos[i]}",
-    )
+    return _raw_records(records, "jsonl", source, lambda i: f"{source} line {linenos[i]}")
 
 
 def _raw_json(source: str) -> RawInput:
     records = read_json_list(source, source)
+    return _raw_records(records, "json", source, lambda i: f"{source} record {i + 1}")
+
+
+def _raw_records(records: list[dict], format: str, source: str, where) -> RawInput:
+    """A list of JSON objects as a :class:`RawInput`; ``where(i)`` names record ``i``."""
     return RawInput(
-        format="json",
+        format=format,
         label=source,
         columns=_union_keys(records),
         n=len(records),
         column=lambda name: [r.get(name, MISSING) for r in records],
-        where=lambda i: f"{source} record {i + 1}",
+        where=where,
     )
 
 
