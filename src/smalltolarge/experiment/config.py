@@ -198,6 +198,16 @@ class ExperimentConfig:
     #: the command that reproduces the experiment (None for a config given as a dict)
     command: str | None = None
 
+    def stage_kwargs(self, section: str, stage: type[StageSettings]) -> dict[str, Any]:
+        """The settings of ``section`` (``proxy``, ``target``, ``evaluation``) that belong to
+        ``stage``, under the stage's own names: keyword arguments for its function."""
+        values = getattr(self, section)
+        return {
+            attr: values[key]
+            for key, (owner, attr) in _SECTIONS[section].items()
+            if owner is stage and attr
+        }
+
     def stratify_column(self, spec: MethodSpec) -> str | None:
         """The column ``spec`` selects per (None: globally): its ``stratify``, else the
         config's ``stratify_by``."""

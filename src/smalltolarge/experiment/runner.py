@@ -44,6 +44,12 @@ from smalltolarge.runs import (
 )
 from smalltolarge.scoring import score_trajectories
 from smalltolarge.selection import resolve_budget
+from smalltolarge.settings import (
+    EvalSettings,
+    FinetuneSettings,
+    PrepareSettings,
+    ProxySettings,
+)
 from smalltolarge.subset import select_subset
 
 __all__ = ["ExperimentResult", "check_no_overlap", "run_experiment"]
@@ -262,26 +268,10 @@ def _check_same_settings(cfg: ExperimentConfig, pool: Pool, eval_pool: Pool, csv
 
 def _train_proxy(cfg: ExperimentConfig, pool_path: Path, run_dir: RunDir, progress: bool) -> None:
     """Prepare, train and score the proxy; each stage is skipped when already up to date."""
-    proxy = cfg.proxy
-    prepare(
-        pool_path,
-        run_dir,
-        proxy=proxy["name"],
-        template=proxy["template"],
-        max_length=proxy["max_length"],
-        progress=progress,
-    )
-    train_proxy(
-        run_dir,
-        epochs=proxy["epochs"],
-        learning_rate=proxy["learning_rate"],
-        batch_size=proxy["batch_size"],
-        n_checkpoints=proxy["checkpoints"],
-        seed=proxy["seed"],
-        precision=proxy["precision"],
-        progress=progress,
-    )
-    score_trajectories(run_dir, precision=proxy["precision"], progress=progress)
+    prepare(pool_path, run_dir, **cfg.stage_kwargs("proxy", PrepareSettings), progress=progress)
+    training = cfg.stage_kwargs("proxy", ProxySettings)
+    train_proxy(run_dir, **training, progress=progress)
+    score_trajectories(run_dir, precision=training["precision"], progress=progress)
 
 
 def _do_run(
@@ -323,15 +313,7 @@ def _do_run(
             target["model"],
             train_data,
             model_out,
-            template=target["template"],
-            max_length=target["max_length"],
-            epochs=target["epochs"],
-            learning_rate=target["learning_rate"],
-            batch_size=target["batch_size"],
-            grad_accum=target["grad_accum"],
-            lora=target["lora"],
-            precision=target["precision"],
-            seed=run.seed,
+            **{**cfg.stage_kwargs("target", FinetuneSettings), "seed": run.seed},
             progress=progress,
         )
         train_seconds = time.perf_counter() - train_started
@@ -384,13 +366,12 @@ def _evaluate_run(
             model_dir,
             eval_path,
             out,
-            template=evaluation["template"],
-            metric=metric,
-            max_new_tokens=evaluation["max_new_tokens"],
-            batch_size=evaluation["batch_size"],
-            precision=evaluation["precision"],
-            # the loss is taken as fine-tuning sees the data
-            max_length=cfg.target["max_length"],
+            **{
+                **cfg.stage_kwargs("evaluation", EvalSettings),
+                "metric": metric,
+                # the loss is taken as fine-tuning sees the data
+                "max_length": cfg.target["max_length"],
+            },
             progress=progress,
         )
         results.append((result, time.perf_counter() - eval_started))
