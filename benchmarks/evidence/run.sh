@@ -6,6 +6,7 @@
 #   bash benchmarks/evidence/run.sh proxy-small  # then also the proxy comparison
 #   bash benchmarks/evidence/run.sh proxy-pretrained  # then the pretrained (SmolLM2 cut) proxy
 #   bash benchmarks/evidence/run.sh targeted     # then targeted selection (gsm_symbolic)
+#   bash benchmarks/evidence/run.sh target-smollm2  # then the pretrained target (SmolLM2-135M)
 # The published figures ran each experiment on one core of a 2-core machine (main grid on core
 # 0, full pool on core 1), one torch thread each:
 #   OMP_NUM_THREADS=1 bash benchmarks/evidence/run.sh
@@ -54,5 +55,24 @@ if [ "${1:-}" = targeted ]; then
   "$PY" benchmarks/evidence/make_target.py --source gsm_symbolic --out "$OUT/target-gsm_symbolic.jsonl"
   on_core 0 "$S2L" experiment benchmarks/evidence/targeted.yaml > "$OUT/targeted.log" 2>&1
   stamp "targeted selection done"
+fi
+if [ "${1:-}" = target-smollm2 ]; then
+  # Two parts of one experiment, one per core, selecting from the main grid's proxy run;
+  # merged into $T, whose `s2l experiment` then skips every run and writes the tables.
+  stamp "pretrained target: SmolLM2-135M-Instruct fine-tuned on each subset (2 parts, 2 cores)"
+  T=$OUT/target-smollm2
+  part() { on_core "$1" "$PY" benchmarks/evidence/run_part.py benchmarks/evidence/target-smollm2.yaml \
+             --proxy-run "$OUT/main/run" "${@:2}"; }
+  ( part 1 --out-dir "$T-b" --runs random-balanced@0.05,s2l-per-source@0.05 > "$T-b.log" 2>&1
+    part 1 --out-dir "$T-b" --runs random@0.1 --seeds 1,2 >> "$T-b.log" 2>&1
+    stamp "target-smollm2 part b done" ) &
+  b=$!
+  part 0 --out-dir "$T" --runs random@0.05,s2l@0.05 --base > "$T.log" 2>&1
+  part 0 --out-dir "$T" --runs random@0.1 --seeds 0 >> "$T.log" 2>&1
+  stamp "target-smollm2 part a done"
+  wait "$b"
+  "$PY" benchmarks/evidence/merge.py "$T" "$T-b"
+  "$S2L" experiment benchmarks/evidence/target-smollm2.yaml >> "$T.log" 2>&1
+  stamp "pretrained target done: $T/results.md"
 fi
 stamp "done"
