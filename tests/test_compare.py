@@ -92,12 +92,24 @@ def test_seeds_are_paired_and_resampled():
         paired_difference(method, random[:, :50])
 
 
-def test_detectable_difference_is_the_half_width_between_random_seeds():
+def test_detectable_difference_is_random_against_random():
     seeds = np.stack([_correct(50), _correct(50, offset=20)])
-    expected = paired_difference(seeds[0], seeds[1]).half_width
+    expected = paired_difference(seeds, seeds[::-1]).half_width  # seed 0 with 1, 1 with 0
     assert detectable_difference(seeds) == pytest.approx(expected)
     assert 0.05 < expected < 0.2
     assert detectable_difference(seeds[:1]) is None
+
+
+def test_detectable_difference_holds_the_seed_spread():
+    """Three random runs that agree item by item up to a shift per run (training noise): the
+    items-only interval between two of them is ~0 wide, but a method compared with random
+    over these seeds cannot resolve less than the runs' spread."""
+    base = np.linspace(0.0, 1.0, N)
+    seeds = np.stack([base, base + 0.2, base + 0.1])
+    assert paired_difference(seeds[0], seeds[1]).half_width < 1e-9
+    # per-seed differences to the next seed: -0.1, +0.2, -0.1; their resampled means span
+    # [-0.1, +0.2] at the 2.5% and 97.5% quantiles
+    assert detectable_difference(seeds) == pytest.approx(0.15)
 
 
 def test_comparisons_from_the_results_directory_alone(tmp_path):

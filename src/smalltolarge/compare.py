@@ -8,9 +8,11 @@ that resamples items and, with two seeds or more, seeds too (:func:`paired_diffe
 verdict is ``ahead`` when the interval excludes 0 on the method's better side (lower for the
 ``loss`` metric, higher otherwise), ``behind`` when it excludes 0 on the other, else ``level``.
 
-The smallest difference a setup can detect at a budget is the half-width of the same paired
-interval between two random seeds (:func:`detectable_difference`): two random subsets differ
-by chance alone, so a method must beat random by more than that to be told apart.
+The smallest difference a setup can detect at a budget is the half-width of the interval such
+a comparison gets when the "method" is random itself (:func:`detectable_difference`): each
+random seed paired with another random seed, items and seeds resampled. Random subsets (and
+training runs) differ by chance alone, so a method must beat random by more than that to be
+told apart. It includes the seed-to-seed spread, which dominates when fine-tuning is noisy.
 
 Everything is computed from an experiment's output directory alone (see
 :mod:`smalltolarge.experiment`): ``results.csv`` names the runs, ``eval/<run>/predictions.jsonl``
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import csv
 import io
-import itertools
 import json
 import os
 from collections.abc import Sequence
@@ -173,8 +174,14 @@ def verdict(difference: PairedDifference, *, lower_is_better: bool = False) -> s
 def detectable_difference(
     values: Sequence[Sequence[float]] | np.ndarray, *, resamples: int = RESAMPLES, seed: int = SEED
 ) -> float | None:
-    """The smallest difference the setup can detect: the mean, over all pairs of seeds, of the
-    half-width of the paired interval between two random seeds (items resampled).
+    """The smallest difference the setup can detect: the half-width of the interval that
+    :func:`paired_difference` gives a comparison with these seeds when the method is random
+    itself. Random seed s is paired with seed s+1 (the last with the first), and items and seeds
+    are resampled as in every comparison, so the width holds both the item noise and the
+    seed-to-seed spread of the runs (different subsets, different training order).
+
+    An earlier definition, the half-width between two seeds with items resampled only, left the
+    seed spread out; on a noisy fine-tune it understated what a comparison can resolve by 2-4x.
 
     Args:
         values: per-item values of random runs, float array of shape ``(n_seeds, n_items)``.
@@ -185,11 +192,8 @@ def detectable_difference(
     rows = np.asarray(values, dtype=np.float64)
     if rows.ndim != 2 or rows.shape[0] < 2:
         return None
-    widths = [
-        paired_difference(rows[s], rows[t], resamples=resamples, seed=seed).half_width
-        for s, t in itertools.combinations(range(rows.shape[0]), 2)
-    ]
-    return float(np.mean(widths))
+    null = paired_difference(rows, np.roll(rows, 1, axis=0), resamples=resamples, seed=seed)
+    return null.half_width
 
 
 def read_item_values(eval_dir: str | os.PathLike, metric: str) -> dict[str, float] | None:
@@ -363,8 +367,9 @@ def comparisons_markdown(out_dir: str | os.PathLike, **kwargs: int) -> str:
                      "random or the full pool.")  # fmt: skip
     lines += _detectable_section(
         detectable_differences(out_dir, **kwargs),
-        "Half-width of the 95% paired interval between two random seeds at the same budget "
-        "(mean over seed pairs): a method closer to random than this cannot be told apart.",
+        "Half-width of the 95% paired interval of random against random at the same budget "
+        "(each seed paired with another; items and seeds resampled): a method closer to random "
+        "than this cannot be told apart.",
         "Not computable: random needs two seeds or more at a budget "
         "(`s2l experiment CONFIG --calibrate` runs them).",
     )
@@ -388,8 +393,9 @@ def calibration_markdown(out_dir: str | os.PathLike, **kwargs: int) -> str:
     detectable = detectable_differences(out_dir, **kwargs)
     lines += _detectable_section(
         detectable,
-        "Half-width of the 95% paired interval between two random seeds (items resampled, "
-        "mean over seed pairs): the smallest difference to random this setup can detect.",
+        "Half-width of the 95% paired interval of random against random (each seed paired "
+        "with another; items and seeds resampled): the smallest difference to random this "
+        "setup can detect.",
         "Not computable: random has fewer than two seeds with per-item results.",
     )
     warnings = separation_warnings(out_dir, **kwargs)
