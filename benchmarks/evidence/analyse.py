@@ -44,7 +44,10 @@ def main(argv: list[str]) -> int:
         print()
         print(_extra_pairs(out))
         print()
-        print(_per_source(out, ("s2l", "random-balanced", "s2l-reference"), "0.05"))
+        labels = ("s2l", "s2l-per-source", "random-balanced", "s2l-reference")
+        print(_per_source(out, labels, "0.05"))
+        print()
+        print(_per_source(out, ("s2l-per-source", "s2l-reference"), "0.05", "random-balanced"))
         print()
     return 0
 
@@ -124,16 +127,18 @@ def _extra_pairs(out: Path) -> str:
     return "\n".join(lines)
 
 
-def _per_source(out: Path, labels: tuple[str, ...], budget: str) -> str:
-    """Per-source paired difference to random (loss, same items and seeds)."""
-    base = _item_matrix(out, "random", budget)
-    if base is None:
+def _per_source(out: Path, labels: tuple[str, ...], budget: str, baseline: str = "random") -> str:
+    """Per-source paired difference to ``baseline`` (loss, same items and seeds), one column
+    per label that ran."""
+    base = _item_matrix(out, baseline, budget)
+    labels = tuple(label for label in labels if _item_matrix(out, label, budget) is not None)
+    if base is None or not labels:
         return ""
     ids, base_values = base
     source = [i.rsplit("-heldout-", 1)[0] for i in ids]
     names = sorted(set(source))
     lines = [
-        f"Per source, budget {budget}: difference to random in held-out loss (95% CI).",
+        f"Per source, budget {budget}: difference to {baseline} in held-out loss (95% CI).",
         "",
         "| source | " + " | ".join(labels) + " |",
         "|---|" + "---|" * len(labels),
