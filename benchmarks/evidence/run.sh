@@ -7,6 +7,7 @@
 #   bash benchmarks/evidence/run.sh proxy-pretrained  # then the pretrained (SmolLM2 cut) proxy
 #   bash benchmarks/evidence/run.sh targeted     # then targeted selection (gsm_symbolic)
 #   bash benchmarks/evidence/run.sh target-smollm2  # then the pretrained target (SmolLM2-135M)
+# Logs are appended to, so that a resumed run keeps the first run's log.
 # The published figures ran each experiment on one core of a 2-core machine (main grid on core
 # 0, full pool on core 1), one torch thread each:
 #   OMP_NUM_THREADS=1 bash benchmarks/evidence/run.sh
@@ -28,32 +29,32 @@ if [ ! -f "$OUT/target-small/s2l_init.json" ]; then
 fi
 
 stamp "full pool + untrained target (core 1), main grid (core 0)"
-( on_core 1 "$S2L" experiment benchmarks/evidence/full.yaml > "$OUT/full.log" 2>&1
+( on_core 1 "$S2L" experiment benchmarks/evidence/full.yaml >> "$OUT/full.log" 2>&1
   stamp "full pool done" ) &
 full=$!
-on_core 0 "$S2L" experiment benchmarks/evidence/main.yaml > "$OUT/main.log" 2>&1
+on_core 0 "$S2L" experiment benchmarks/evidence/main.yaml >> "$OUT/main.log" 2>&1
 stamp "main grid done"
 wait "$full"
 "$PY" benchmarks/evidence/merge_full.py "$OUT"
 # Every run is in results.csv now: this only writes calibration.md and re-makes the tables.
-"$S2L" experiment benchmarks/evidence/main.yaml --calibrate > "$OUT/calibrate.log" 2>&1
+"$S2L" experiment benchmarks/evidence/main.yaml --calibrate >> "$OUT/calibrate.log" 2>&1
 stamp "calibration and comparisons written: $OUT/main/{results,calibration}.md"
 
 if [ "${1:-}" = proxy-small ]; then
   stamp "proxy comparison: the target's own architecture as the proxy"
-  on_core 0 "$S2L" experiment benchmarks/evidence/proxy-small.yaml > "$OUT/proxy-small.log" 2>&1
+  on_core 0 "$S2L" experiment benchmarks/evidence/proxy-small.yaml >> "$OUT/proxy-small.log" 2>&1
   stamp "proxy comparison done"
 fi
 if [ "${1:-}" = proxy-pretrained ]; then
   stamp "proxy comparison: SmolLM2-135M-Instruct cut to 4 layers as the proxy"
   [ -f "$OUT/smollm2-k4/config.json" ] || "$S2L" truncate-model smollm2-135m --layers 4 -o "$OUT/smollm2-k4"
-  on_core 1 "$S2L" experiment benchmarks/evidence/proxy-pretrained.yaml > "$OUT/proxy-pretrained.log" 2>&1
+  on_core 1 "$S2L" experiment benchmarks/evidence/proxy-pretrained.yaml >> "$OUT/proxy-pretrained.log" 2>&1
   stamp "pretrained proxy comparison done"
 fi
 if [ "${1:-}" = targeted ]; then
   stamp "targeted selection: gsm_symbolic's bundled eval items as the target set"
   "$PY" benchmarks/evidence/make_target.py --source gsm_symbolic --out "$OUT/target-gsm_symbolic.jsonl"
-  on_core 0 "$S2L" experiment benchmarks/evidence/targeted.yaml > "$OUT/targeted.log" 2>&1
+  on_core 0 "$S2L" experiment benchmarks/evidence/targeted.yaml >> "$OUT/targeted.log" 2>&1
   stamp "targeted selection done"
 fi
 if [ "${1:-}" = target-smollm2 ]; then
@@ -63,11 +64,11 @@ if [ "${1:-}" = target-smollm2 ]; then
   T=$OUT/target-smollm2
   part() { on_core "$1" "$PY" benchmarks/evidence/run_part.py benchmarks/evidence/target-smollm2.yaml \
              --proxy-run "$OUT/main/run" "${@:2}"; }
-  ( part 1 --out-dir "$T-b" --runs random-balanced@0.05,s2l-per-source@0.05 > "$T-b.log" 2>&1
+  ( part 1 --out-dir "$T-b" --runs random-balanced@0.05,s2l-per-source@0.05 >> "$T-b.log" 2>&1
     part 1 --out-dir "$T-b" --runs random@0.1 --seeds 1,2 >> "$T-b.log" 2>&1
     stamp "target-smollm2 part b done" ) &
   b=$!
-  part 0 --out-dir "$T" --runs random@0.05,s2l@0.05 --base > "$T.log" 2>&1
+  part 0 --out-dir "$T" --runs random@0.05,s2l@0.05 --base >> "$T.log" 2>&1
   part 0 --out-dir "$T" --runs random@0.1 --seeds 0 >> "$T.log" 2>&1
   stamp "target-smollm2 part a done"
   wait "$b"
