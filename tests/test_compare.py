@@ -155,3 +155,18 @@ def test_comparisons_from_the_results_directory_alone(tmp_path):
     report = comparisons_markdown(tmp_path)
     assert "## Paired differences" in report and "| s2l | 0.1 | exact_match | random |" in report
     assert "## Detectable difference" in report and warning in report
+
+
+def test_flat_curve_without_the_full_pool_warns_from_the_largest_budget(tmp_path):
+    """No full-pool run: random's curve from its smallest to its largest budget is what must
+    rise by twice the detectable difference."""
+    base = np.linspace(1.0, 2.0, N)
+    rows = []
+    for budget, n_train, shift in (("0.05", "145", 0.0), ("0.1", "290", -0.02)):
+        for seed, noise in (("0", 0.0), ("1", 0.1), ("2", 0.05)):
+            row = _write_run(tmp_path, "random", budget, seed, base + shift + noise, metric="loss")
+            rows.append({**row, "n_train": n_train})
+    _write_csv(tmp_path, rows)
+    [warning] = separation_warnings(tmp_path)
+    assert "from random at budget 0.05 to random at budget 0.1" in warning
+    assert "cannot separate" in warning

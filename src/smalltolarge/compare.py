@@ -302,9 +302,9 @@ def learning_curve(out_dir: str | os.PathLike) -> dict[str, list[tuple[str, floa
 
 def separation_warnings(out_dir: str | os.PathLike, **kwargs: int) -> list[str]:
     """Plain-words warnings, one per metric, where random's learning curve from its smallest
-    budget to the full pool improves by less than twice the largest detectable difference:
-    such a setup cannot separate selection methods. ``kwargs`` go to
-    :func:`detectable_differences`."""
+    budget to the full pool (else, when the full pool did not run, to random's largest budget)
+    improves by less than twice the largest detectable difference: such a setup cannot
+    separate selection methods. ``kwargs`` go to :func:`detectable_differences`."""
     curves = learning_curve(out_dir)
     detectable: dict[str, float] = {}
     for row in detectable_differences(out_dir, **kwargs):
@@ -312,13 +312,14 @@ def separation_warnings(out_dir: str | os.PathLike, **kwargs: int) -> list[str]:
         detectable[metric] = max(detectable.get(metric, 0.0), width)
     warnings = []
     for metric, points in curves.items():
-        if metric not in detectable or len(points) < 2 or points[-1][0] != "all":
+        if metric not in detectable or len(points) < 2:
             continue
-        (_, _, smallest), (_, _, full) = points[0], points[-1]
-        gain = smallest - full if metric in LOWER_IS_BETTER else full - smallest
+        (_, _, smallest), (last, _, largest) = points[0], points[-1]
+        end = "the full pool" if last == "all" else f"random at budget {last}"
+        gain = smallest - largest if metric in LOWER_IS_BETTER else largest - smallest
         if gain < 2 * detectable[metric]:
             warnings.append(
-                f"WARNING ({metric}): from random at budget {points[0][0]} to the full pool the "
+                f"WARNING ({metric}): from random at budget {points[0][0]} to {end} the "
                 f"{metric} improves by {gain:+.4g}, less than twice the detectable difference "
                 f"({detectable[metric]:.4g}): this setup cannot separate selection methods; "
                 "use more eval items or seeds, or budgets where the learning curve still climbs."
