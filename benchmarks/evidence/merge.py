@@ -1,4 +1,5 @@
-"""Merge the runs of one experiment's parts (run_part.py) into the first part's out_dir:
+"""Merge the runs of experiments made with the same data and settings (the parts of
+run_part.py; full.yaml's full-pool and untrained runs into main/) into the first out_dir:
 results.csv rows (a run in several parts: the first part's rows), eval/ directories and the
 method entries of experiment.json. Idempotent. Then `s2l experiment CONFIG` in that out_dir
 skips every run and re-makes the tables and comparisons.

@@ -35,7 +35,7 @@ full=$!
 on_core 0 "$S2L" experiment benchmarks/evidence/main.yaml >> "$OUT/main.log" 2>&1
 stamp "main grid done"
 wait "$full"
-"$PY" benchmarks/evidence/merge_full.py "$OUT"
+"$PY" benchmarks/evidence/merge.py "$OUT/main" "$OUT/full"
 # Every run is in results.csv now: this only writes calibration.md and re-makes the tables.
 "$S2L" experiment benchmarks/evidence/main.yaml --calibrate >> "$OUT/calibrate.log" 2>&1
 stamp "calibration and comparisons written: $OUT/main/{results,calibration}.md"
