@@ -1,64 +1,64 @@
 """Scoring and proxy-training throughput on a GPU, against the device's bf16 peak.
 
-One command, no network (models are built from configs, the data is the bundled pool)::
+One command, no network (models are built from configs; data is synthetic or bundled)::
 
-    python benchmarks/gpu.py --out gpu.jsonl          # a CUDA machine; sized for ~4-5 min
-    python benchmarks/gpu.py --smoke --out smoke.jsonl   # any CPU, seconds: same JSON keys
+    benchmarks/gpu.sh --out DIR                    # a CUDA machine; stops itself by --deadline
+    python benchmarks/gpu.py --smoke --out DIR     # any CPU, seconds: the same records
 
-What it builds:
+What it measures, in real (non-pad) tokens per second, each measurement timed for a few seconds
+after untimed warm-up batches, every record one JSON line on stdout and in ``DIR/gpu.jsonl``:
 
-- models: ``GPTNeoXForCausalLM`` from configs shaped like Pythia-70M (6 layers, hidden 512,
-  8 heads, 50,304-token vocabulary, untied output projection) and Pythia-410M (24 layers,
-  hidden 1024, 16 heads), random weights (throughput does not depend on them);
-- tokenizer: a byte-level BPE of ``--bpe-vocab`` tokens (default 8,192) trained on the bundled
-  pool with :func:`smalltolarge.models.train_bpe_tokenizer`; the models' vocabulary stays
-  50,304 (Pythia pads its own 50,277-token tokenizer the same way), so the output projection
-  costs what Pythia's does;
-- data: the bundled demo pool in the Alpaca template (``tokenise_pool``, max_length 512),
-  repeated to ``--examples`` (default 52,200 = 18 copies). Its examples are short (81 tokens on
-  average, at most 274, with this tokenizer; MathInstruct's average about 290), so the rates
-  are those of short examples; the ``env`` line reports the mean.
+- ``match``: whether scores on this device match a CPU's on the same 200 examples. With
+  ``--match-dir`` (made on a CPU by ``benchmarks/gpu_match_fixture.py``: a trained ``tiny``
+  proxy, 200 tokenised examples of the bundled pool and that CPU's fp32 scores), the device
+  scores them in fp32 and bf16 and each is compared with the CPU's fp32 scores; without it (and
+  in every run) a SmolLM2-shaped model with random weights scores 200 synthetic examples on this
+  machine's CPU (fp32) and on the device (fp32, bf16). Tolerances: :data:`TOLERANCE`.
+- ``scoring``, per shape: ``ours`` (:func:`smalltolarge.losses.score_model` in bf16 autocast,
+  the code ``s2l score`` runs, batches built on the host each time) at each token budget of a
+  short sweep, then at the fastest budget ``staged`` (the same loss kernel over batches already
+  on the device: what host-side batch building costs), ``forward`` (a plain
+  ``model(...).logits`` over those staged batches) and ``ref`` (the reference method: one
+  example at a time, fp32, ``model(ids, labels=...).loss``).
+- ``training``, per shape: AdamW steps in bf16 autocast, ``model(**batch).loss.backward()``,
+  length-grouped batches as the proxy's trainer draws them, at each batch size of a sweep.
+- ``projection``, per shape: scoring a MathInstruct-size pool (262,000 examples x 12
+  checkpoints) and a 10M-example pool at the fastest measured rate (and training 3 epochs on
+  the 262k pool at the fastest training rate), next to the same FLOPs at 40% of peak.
+  Projections, not measurements.
+- ``e2e``: the real stages on the bundled pool on this device: ``prepare`` (tiny proxy),
+  ``train_proxy`` (3 epochs, 12 checkpoints, trajectories recorded in training) and a
+  stand-alone ``score_trajectories(force=True)``, each timed.
 
-What it measures, each for a limited time (so the run fits in 8 minutes on one H200), in real
-(non-pad) tokens per second, after a warm-up:
-
-- ``scoring``, per shape and method: ``ref``, the reference method (one example at a time,
-  fp32, ``model(ids, labels=...).loss`` as :func:`smalltolarge.losses.reference_loss`), on a
-  random sample, for ``--ref-seconds``; ``ours``, :func:`smalltolarge.losses.score_model` in
-  bf16 autocast over :func:`length_batches` of ``max_tokens`` tokens (each budget of
-  ``--max-tokens``), batches taken in a seeded random order for ``--seconds``; ``forward``, a
-  plain ``model(input_ids, attention_mask).logits`` in bf16 autocast over the very batches
-  ``ours`` scored. ``ours`` also reports ``max_abs_diff`` against ``ref`` on the ref sample.
-- ``training``, the 70M shape: AdamW, bf16 autocast, batches of ``--train-batch`` examples
-  (S2L's reference batch of 128) in the proxy's length-grouped order,
-  ``model(**batch).loss.backward()``, for ``--train-seconds``.
-- ``projection``, the 70M shape, per scoring method: the wall time of MathInstruct-sized
-  scoring (262k examples x 12 checkpoints, about 0.9e9 tokens) at the measured rate, and the
-  issue's yardstick, the same FLOPs at 40% of the device's peak.
+Shapes (random weights; throughput does not depend on them): ``tiny``, the package's ``tiny``
+preset (Llama, 2 layers, width 128, a 2,048-token BPE trained on the bundled pool);
+``smollm2-135m``, a Llama shaped as SmolLM2-135M (30 layers, width 576, 9 heads, 3 key-value
+heads, 49,152-token vocabulary, tied embeddings: 134.5M parameters); ``pythia-70m``, GPTNeoX
+shaped as the paper's proxy (6 layers, width 512, 50,304 tokens, untied). The synthetic pool
+has MathInstruct's size and about its length (lognormal, mean about 290 tokens, 24 to 1,024;
+the response is the last 65% of each example; token ids uniform over the first 2,048).
 
 FLOPs (model FLOPs, as in MFU): a forward costs ``2 * matmul_params * tokens`` and a training
-step ``6 * matmul_params * tokens``, where ``matmul_params`` is every parameter except the input
-embedding table (a lookup, no multiply); the attention-score term (about 2% at these lengths) is
-left out, and so is padding. ``ours`` is credited with a full forward's FLOPs although it skips
-the output projection at prompt positions: the figure says how fast the scoring job is done, in
-the units of the device's peak. ``fraction_of_peak`` divides by :data:`PEAK_BF16_TFLOPS` for the
-device's name (dense bf16), or by ``--peak-tflops``; unknown device: null. ``peak_memory_gib``
-is ``torch.cuda.max_memory_allocated`` during that measurement (null on a CPU).
-
-Every result is one JSON object per line on stdout (and in ``--out``), with ``kind`` one of
-``env``, ``scoring``, ``training``, ``projection``; progress goes to stderr.
+step ``6 * matmul_params * tokens``, where ``matmul_params`` is every parameter but the input
+embedding table (a lookup), counted once even when tied to the output layer; the
+attention-score term and padding are left out. ``fraction_of_peak`` divides by
+:data:`PEAK_BF16_TFLOPS` for the device's name (dense bf16), or by ``--peak-tflops``.
+``peak_memory_gib`` is ``torch.cuda.max_memory_allocated`` during the measurement (null on a
+CPU). ``--deadline`` seconds after the start, measurements that would not fit are skipped
+(recorded as ``skipped``), so a run always ends inside its time.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import importlib.util
 import json
 import math
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -71,32 +71,26 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM  # noqa: E402
+from transformers import (  # noqa: E402
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from smalltolarge.data import load_pool  # noqa: E402
 from smalltolarge.demo_data import DEMO_POOL  # noqa: E402
-from smalltolarge.formatting import TokenArrays, length_batches, tokenise_pool  # noqa: E402
-from smalltolarge.losses import score_model  # noqa: E402
+from smalltolarge.formatting import TokenArrays, length_batches  # noqa: E402
+from smalltolarge.losses import response_losses, score_model  # noqa: E402
 from smalltolarge.models import (  # noqa: E402
-    REFERENCE_BATCH_SIZE,
+    PRESETS,
+    build_preset_model,
     count_parameters,
+    load_causal_lm,
     train_pool_tokenizer,
 )
 from smalltolarge.runs import fingerprint  # noqa: E402
 from smalltolarge.training import EpochSeededLengthGroupedSampler  # noqa: E402
-
-
-def _load_cpu_benchmark():
-    """benchmarks/scoring.py (not a package), for the helpers both benchmarks share."""
-    path = Path(__file__).with_name("scoring.py")
-    spec = importlib.util.spec_from_file_location("s2l_benchmark_scoring", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_cpu_benchmark = _load_cpu_benchmark()
-subset, log = _cpu_benchmark.subset, _cpu_benchmark.log
 
 #: Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from the vendors' data sheets, matched
 #: as substrings of ``torch.cuda.get_device_name()``, first match wins (so "H100 PCIe" comes
@@ -104,10 +98,10 @@ subset, log = _cpu_benchmark.subset, _cpu_benchmark.log
 PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
     ("H100 PCIe", 756.0),
     ("H100 NVL", 835.0),
+    ("GH200", 989.4),
     ("H100", 989.4),
     ("H200", 989.4),
     ("H800", 989.4),
-    ("GH200", 989.4),
     ("B200", 2250.0),
     ("A100", 312.0),
     ("A800", 312.0),
@@ -116,84 +110,139 @@ PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
     ("A10G", 70.0),
 )
 
-#: Model shapes (GPTNeoX, as Pythia); "smoke-*" are tiny stand-ins for --smoke.
+#: Model shapes: Llama (the package's presets are Llama) or GPTNeoX (Pythia). "smoke-*" are
+#: tiny stand-ins for --smoke. "tiny" is built by the package itself (build_preset_model).
 SHAPES: dict[str, dict] = {
-    "pythia-70m": {"num_hidden_layers": 6, "hidden_size": 512, "num_attention_heads": 8},
-    "pythia-410m": {"num_hidden_layers": 24, "hidden_size": 1024, "num_attention_heads": 16},
-    "smoke-a": {"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2},
-    "smoke-b": {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2},
+    "tiny": {"family": "preset"},
+    "smollm2-135m": {
+        "family": "llama",
+        "vocab_size": 49_152,
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "tie_word_embeddings": True,
+        "rope_theta": 100_000.0,
+    },
+    "pythia-70m": {
+        "family": "neox",
+        "vocab_size": 50_304,
+        "hidden_size": 512,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 8,
+    },
+    "smoke-llama": {
+        "family": "llama",
+        "vocab_size": 512,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "tie_word_embeddings": True,
+        "rope_theta": 100_000.0,
+    },
+    "smoke-neox": {
+        "family": "neox",
+        "vocab_size": 512,
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+    },
 }
-PYTHIA_VOCAB = 50_304
 
-#: MathInstruct-sized scoring (the issue's figures): examples x checkpoints, and tokens through
-#: the proxy (about 286 tokens per example).
+#: Token ids of the synthetic pool are drawn below this (the smallest vocabulary measured).
+SYNTHETIC_ID_RANGE = 2048
+#: MathInstruct's size, S2L's checkpoints, and a pool of the size issue 20 aims at.
 MATHINSTRUCT_EXAMPLES = 262_000
-MATHINSTRUCT_CHECKPOINTS = 12
-MATHINSTRUCT_TOKENS = 0.9e9
-#: The issue's yardstick: MathInstruct-sized scoring at this fraction of the device's peak.
+CHECKPOINTS = 12
+LARGE_POOL_EXAMPLES = 10_000_000
+PROXY_EPOCHS = 3
+#: The yardstick: the same FLOPs at this fraction of the device's peak.
 YARDSTICK_FRACTION = 0.4
+#: Per-example agreement asked of the device's scores with a CPU's fp32 scores (nats): fp32 on
+#: the device to this max; bf16 autocast to this max and this mean.
+TOLERANCE = {"fp32_max": 1e-4, "bf16_max": 0.05, "bf16_mean": 0.01}
+MATCH_EXAMPLES = 200
 
 #: Settings for a GPU run and for --smoke (a CPU, seconds); flags override either.
 FULL = {
-    "shapes": "pythia-70m,pythia-410m",
-    "train_shape": "pythia-70m",
-    "vocab": PYTHIA_VOCAB,
-    "bpe_vocab": 8192,
-    "pool_examples": None,
-    "examples": 52_200,
-    "max_tokens": "4096,32768",
-    "seconds": 15.0,
-    "ref_seconds": 15.0,
-    "ref_max": 5000,
-    "train_seconds": 30.0,
-    "train_batch": REFERENCE_BATCH_SIZE,
-    "warmup": 3,
+    "shapes": "tiny,smollm2-135m,pythia-70m",
+    "budgets": {
+        "tiny": "16384,65536,262144,1048576",
+        "smollm2-135m": "8192,32768,131072",
+        "pythia-70m": "8192,32768,131072",
+    },
+    "train_batches": {
+        "tiny": "16,128,512",
+        "smollm2-135m": "16,64,128",
+        "pythia-70m": "16,64,128",
+    },
+    "examples": MATHINSTRUCT_EXAMPLES,
+    "seconds": 4.0,
+    "ref_seconds": 3.0,
+    "train_seconds": 5.0,
+    "warmup": 2,
+    "deadline": 360.0,
+    "e2e": True,
+    "e2e_after": "smollm2-135m",
 }
 SMOKE = {
-    "shapes": "smoke-a,smoke-b",
-    "train_shape": "smoke-a",
-    "vocab": 512,
-    "bpe_vocab": 320,
-    "pool_examples": 60,
-    "examples": 120,
-    "max_tokens": "256,1024",
-    "seconds": 0.01,
-    "ref_seconds": 0.01,
-    "ref_max": 4,
-    "train_seconds": 0.01,
-    "train_batch": 4,
+    "shapes": "tiny,smoke-llama,smoke-neox",
+    "budgets": {"tiny": "1024,4096", "smoke-llama": "1024,4096", "smoke-neox": "2048"},
+    "train_batches": {"tiny": "4", "smoke-llama": "4,8", "smoke-neox": "4"},
+    "examples": 400,
+    "seconds": 0.02,
+    "ref_seconds": 0.02,
+    "train_seconds": 0.02,
     "warmup": 1,
+    "deadline": 600.0,
+    "e2e": True,
+    "e2e_after": "smoke-llama",
 }
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-    """Run the benchmark; print each result as a JSON line (and append it to ``--out``) and
-    return the results as a list of dicts."""
+    """Run the benchmark; print each result as a JSON line (and append it to
+    ``OUT/gpu.jsonl``) and return the results as a list of dicts."""
     args = parse_args(argv)
     transformers.logging.set_verbosity_error()
     import datasets
 
     datasets.disable_progress_bars()
-    torch.manual_seed(args.seed)
+    started = time.perf_counter()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     peak = args.peak_tflops if args.peak_tflops else peak_tflops(device)
     results: list[dict] = []
+    out_file = None
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("", encoding="utf-8")
+        args.out.mkdir(parents=True, exist_ok=True)
+        out_file = args.out / "gpu.jsonl"
+        out_file.write_text("", encoding="utf-8")
 
     def emit(record: dict) -> None:
         # line by line, so a run cut short keeps what it measured
+        record = {"kind": record.pop("kind"), "t": round(time.perf_counter() - started, 1)} | (
+            record
+        )
         results.append(record)
         line = json.dumps(record)
         print(line, flush=True)
-        if args.out:
-            with args.out.open("a", encoding="utf-8") as f:
+        if out_file:
+            with out_file.open("a", encoding="utf-8") as f:
                 f.write(line + "\n")
 
-    started = time.perf_counter()
-    tok, arrays = build_data(args)
-    pad_id = int(tok.pad_token_id)
+    def left() -> float:
+        return args.deadline - (time.perf_counter() - started)
+
+    tok = bundled_tokenizer(args)
+    id_high = min(vocab_of(shape, tok) for shape in args.shapes.split(","))
+    arrays = synthetic_pool(args.examples, args.seed, min(SYNTHETIC_ID_RANGE, id_high))
     emit(
         {
             "kind": "env",
@@ -202,30 +251,69 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             "peak_bf16_tflops": peak,
             "smoke": args.smoke,
             "torch": torch.__version__,
+            "cuda": torch.version.cuda,
             "transformers": transformers.__version__,
+            "datasets": datasets.__version__,
             "python": platform.python_version(),
-            "tokenizer": f"byte-level BPE trained on the bundled pool, {len(tok)} tokens",
-            "model_vocab": args.vocab,
+            "cpu_threads": torch.get_num_threads(),
             "examples": len(arrays.response_start),
             "tokens": int(arrays.lengths.sum()),
             "mean_tokens_per_example": round(float(arrays.lengths.mean()), 1),
+            "max_tokens_per_example": int(arrays.lengths.max()),
             "setup_s": round(time.perf_counter() - started, 2),
         }
     )
     rng = np.random.default_rng(args.seed)
-    for shape in args.shapes.split(","):
-        model = build_model(shape, args.vocab, tok, device, args.seed)
+    # 1. agreement with a CPU first: cheap, and the figure every other one rests on
+    if args.match_dir:
+        emit(match_fixture(args.match_dir, device))
+    match_shape = next((s for s in args.shapes.split(",") if SHAPES[s]["family"] == "llama"), None)
+    shapes = args.shapes.split(",")
+    for shape in shapes:
+        model = build_model(shape, tok, device, args.seed)
         log(f"{shape}: {count_parameters(model) / 1e6:.1f}M parameters on {device}")
-        scoring = bench_scoring(model, shape, arrays, pad_id, device, peak, args, rng)
-        for record in scoring:
+        if shape == match_shape:
+            emit(match_random(model, shape, arrays, rng, device))
+        best = None
+        scoring: list[dict] = []
+        for budget in (int(b) for b in args.budgets[shape].split(",")):
+            if left() < args.seconds * 3 + 10:
+                emit({"kind": "skipped", "what": f"scoring {shape} at {budget}", "left_s": left()})
+                continue
+            record = bench_ours(model, shape, arrays, budget, device, peak, args, rng)
             emit(record)
-        if shape == args.train_shape:
-            emit(bench_training(model, shape, arrays, pad_id, device, peak, args))
-            for record in scoring:
-                emit(projection(record, peak))
+            scoring.append(record)
+            if "error" not in record and (best is None or record["tok_s"] > best["tok_s"]):
+                best = record
+        if best is not None and left() > args.seconds * 3 + args.ref_seconds + 15:
+            for record in bench_staged(model, shape, arrays, best, device, peak, args, rng):
+                emit(record)
+            emit(bench_ref(model, shape, arrays, device, peak, args, rng))
+        training: list[dict] = []
+        for batch in (int(b) for b in args.train_batches[shape].split(",") if b):
+            if left() < args.train_seconds * 2 + 10:
+                emit({"kind": "skipped", "what": f"training {shape} at {batch}", "left_s": left()})
+                continue
+            record = bench_training(shape, tok, arrays, batch, device, peak, args)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            emit(record)
+            training.append(record)
+        if best is not None:
+            fastest_training = max(
+                (r for r in training if "error" not in r), key=lambda r: r["tok_s"], default=None
+            )
+            emit(projection(best, fastest_training, arrays, peak))
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        # the package's own stages on the device, before the shapes that are extras
+        if args.e2e and (shape == args.e2e_after or shape == shapes[-1]):
+            args.e2e = False
+            if left() > (90 if not args.smoke else 0):
+                emit(end_to_end(device, args))
+            else:
+                emit({"kind": "skipped", "what": "e2e", "left_s": left()})
     log(f"done in {time.perf_counter() - started:.0f} s")
     return results
 
@@ -233,34 +321,56 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on a CPU, seconds")
-    parser.add_argument("--out", type=Path, default=None, help="also write the JSON lines here")
+    parser.add_argument("--out", type=Path, default=None, help="write gpu.jsonl in this folder")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the table")
     parser.add_argument("--shapes", help=f"comma list of {', '.join(SHAPES)}")
-    parser.add_argument("--train-shape", help="the shape whose training is measured")
-    parser.add_argument("--vocab", type=int, help="model vocabulary (default 50304)")
-    parser.add_argument("--bpe-vocab", type=int, help="BPE tokens trained on the pool")
-    parser.add_argument("--pool-examples", type=int, help="first N bundled examples (all)")
-    parser.add_argument("--examples", type=int, help="pool repeated to this many examples")
-    parser.add_argument("--max-tokens", help="comma list of scoring batch budgets (tokens)")
-    parser.add_argument("--seconds", type=float, help="time for `ours` at each budget")
+    parser.add_argument("--examples", type=int, help="synthetic pool size (262,000)")
+    parser.add_argument("--seconds", type=float, help="time for each scoring measurement")
     parser.add_argument("--ref-seconds", type=float, help="time for the reference method")
-    parser.add_argument("--ref-max", type=int, help="most examples for the reference method")
-    parser.add_argument("--train-seconds", type=float, help="time for proxy training")
-    parser.add_argument("--train-batch", type=int, help="training batch, examples")
+    parser.add_argument("--train-seconds", type=float, help="time for each training batch size")
     parser.add_argument("--warmup", type=int, help="untimed batches before each measurement")
-    parser.add_argument("--max-length", type=int, default=512, help="tokenisation max_length")
+    parser.add_argument("--deadline", type=float, help="skip what would end after this (s)")
+    parser.add_argument("--match-dir", type=Path, help="from benchmarks/gpu_match_fixture.py")
+    parser.add_argument("--no-e2e", dest="e2e", action="store_false", default=None)
+    parser.add_argument("--e2e-after", help="run the stages after this shape (else the last)")
+    parser.add_argument(
+        "--budgets", help="scoring budgets per shape: 'tiny=65536,262144;pythia-70m=131072'"
+    )
+    parser.add_argument(
+        "--train-batches", help="training batch sizes per shape, same form; '' skips training"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    for key, value in (SMOKE if args.smoke else FULL).items():
-        if getattr(args, key) is None:
+    defaults = SMOKE if args.smoke else FULL
+    for key, value in defaults.items():
+        if key not in ("budgets", "train_batches") and getattr(args, key, None) is None:
             setattr(args, key, value)
+    args.budgets = dict(defaults["budgets"]) | per_shape(args.budgets, parser)
+    given_batches = args.train_batches
+    args.train_batches = dict(defaults["train_batches"]) | per_shape(given_batches, parser)
+    if given_batches == "":
+        args.train_batches = {shape: "" for shape in SHAPES}
     if args.smoke and args.device is None:
         args.device = "cpu"
     unknown = [s for s in args.shapes.split(",") if s not in SHAPES]
     if unknown:
         parser.error(f"unknown shape {unknown[0]!r}; choose from {', '.join(SHAPES)}")
+    for shape in args.shapes.split(","):
+        args.budgets.setdefault(shape, "8192,32768")
+        args.train_batches.setdefault(shape, "16")
     return args
+
+
+def per_shape(text: str | None, parser: argparse.ArgumentParser) -> dict[str, str]:
+    """``'a=1,2;b=3'`` -> ``{'a': '1,2', 'b': '3'}``."""
+    out = {}
+    for part in filter(None, (text or "").split(";")):
+        shape, _, values = part.partition("=")
+        if shape not in SHAPES or not values:
+            parser.error(f"expected SHAPE=N,N,... with a shape of {', '.join(SHAPES)}: {part!r}")
+        out[shape] = values
+    return out
 
 
 def peak_tflops(device: torch.device) -> float | None:
@@ -279,251 +389,113 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def build_data(args: argparse.Namespace):
-    """``(tokenizer, arrays)``: the bundled pool tokenised, repeated to ``args.examples``."""
+def bundled_tokenizer(args: argparse.Namespace):
+    """The tiny preset's tokenizer: a BPE trained on the bundled pool (its first 200 examples
+    in --smoke), as ``s2l prepare --proxy tiny`` trains it."""
     pool = load_pool(DEMO_POOL)
-    if args.pool_examples:
-        n = min(args.pool_examples, len(pool))
+    if args.smoke:
         pool = dataclasses.replace(
-            pool,
-            dataset=pool.dataset.select(range(n)),
-            fingerprint=fingerprint(pool.fingerprint, n),
+            pool, dataset=pool.dataset.select(range(200)), fingerprint=fingerprint("smoke")
         )
-    tok = train_pool_tokenizer(pool, args.bpe_vocab)
-    if len(tok) > args.vocab:
-        raise SystemExit(f"the tokenizer has {len(tok)} tokens, more than --vocab {args.vocab}")
-    tokenised = tokenise_pool(pool, tok, template="alpaca", max_length=args.max_length)
-    once = TokenArrays.from_dataset(tokenised.dataset)
-    n = len(once.response_start)
-    return tok, subset(once, np.arange(max(args.examples, n)) % n)
+    return train_pool_tokenizer(pool, PRESETS["tiny"].vocab_size)
 
 
-def build_model(shape: str, vocab: int, tok, device: torch.device, seed: int):
-    """A Pythia-shaped GPTNeoX of ``shape`` with ``vocab`` output tokens, fp32, on ``device``."""
-    dims = SHAPES[shape]
-    config = GPTNeoXConfig(
-        vocab_size=vocab,
-        intermediate_size=4 * dims["hidden_size"],
-        max_position_embeddings=2048,
-        rotary_pct=0.25,
-        use_parallel_residual=True,
-        tie_word_embeddings=False,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        **dims,
+def vocab_of(shape: str, tok) -> int:
+    return len(tok) if SHAPES[shape]["family"] == "preset" else SHAPES[shape]["vocab_size"]
+
+
+def synthetic_pool(n: int, seed: int, id_high: int = SYNTHETIC_ID_RANGE) -> TokenArrays:
+    """``n`` examples of about MathInstruct's lengths (lognormal, mean ~290 tokens, clipped to
+    24..1,024), the response the last 65% of each, token ids uniform in ``[3, id_high)``."""
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(np.rint(rng.lognormal(np.log(250.0), 0.55, size=n)), 24, 1024).astype(
+        np.int64
     )
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    values = rng.integers(3, id_high, size=int(offsets[-1]), dtype=np.int32)
+    response_start = np.maximum(1, np.rint(lengths * 0.35)).astype(np.int64)
+    return TokenArrays(values=values, offsets=offsets, response_start=response_start)
+
+
+def subset(arrays: TokenArrays, rows: np.ndarray) -> TokenArrays:
+    """The examples ``rows`` of ``arrays`` as a new, contiguous :class:`TokenArrays`."""
+    starts, ends = arrays.offsets[rows], arrays.offsets[rows + 1]
+    values = np.concatenate([arrays.values[s:e] for s, e in zip(starts, ends, strict=True)])
+    offsets = np.concatenate([[0], np.cumsum(ends - starts)]).astype(np.int64)
+    return TokenArrays(values, offsets, arrays.response_start[rows].copy())
+
+
+def build_model(shape: str, tok, device: torch.device, seed: int):
+    """A model of ``shape`` with random weights, fp32, in eval mode on ``device``."""
+    spec = dict(SHAPES[shape])
+    family = spec.pop("family")
+    if family == "preset":
+        return build_preset_model(shape, tok, seed).to(device).eval()
+    special = {
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+    }
+    if family == "llama":
+        config = LlamaConfig(max_position_embeddings=2048, **special, **spec)
+        cls = LlamaForCausalLM
+    else:
+        config = GPTNeoXConfig(
+            intermediate_size=4 * spec["hidden_size"],
+            max_position_embeddings=2048,
+            rotary_pct=0.25,
+            use_parallel_residual=True,
+            tie_word_embeddings=False,
+            **special,
+            **spec,
+        )
+        cls = GPTNeoXForCausalLM
     torch.manual_seed(seed)
-    # Built on the device: initialising 400M parameters on the host takes longer than scoring.
+    # built on the device: initialising 135M parameters on the host takes longer than scoring
     with device:
-        model = GPTNeoXForCausalLM(config)
+        model = cls(config)
     return model.eval()
 
 
 def matmul_params(model) -> int:
-    """Parameters that take part in multiply-adds: all but the input embedding table."""
-    return count_parameters(model) - model.get_input_embeddings().weight.numel()
-
-
-def bench_scoring(model, shape, arrays, pad_id, device, peak, args, rng) -> list[dict]:
-    """One ``scoring`` record per method: ref, then ours and forward at each budget."""
-    flop_params = matmul_params(model)
-    amp = {"device_type": device.type, "dtype": torch.bfloat16}
-    n = len(arrays.response_start)
-    ref_rows = np.sort(rng.choice(n, size=min(args.ref_max, n), replace=False))
-    ref_arrays = subset(arrays, ref_rows)
-    records = []
-
-    def record(method: str, max_tokens, precision: str, tokens: int, seconds: float, mem, **extra):
-        common = rate_fields(tokens, seconds, 2 * flop_params, peak)
-        return {
-            "kind": "scoring",
-            "shape": shape,
-            "method": method,
-            "precision": precision,
-            "max_tokens": max_tokens,
-            "params": count_parameters(model),
-            "matmul_params": flop_params,
-            **common,
-            "peak_memory_gib": mem,
-            "flops": "2 * matmul_params * tokens",
-            **extra,
-        }
-
-    # ref: one example at a time, fp32, timed for ref_seconds.
-    def ref_one(i: int) -> float:
-        return reference_loss_on(model, ref_arrays, i, device)
-
-    ref_losses, count, seconds, mem = timed(
-        ref_one, range(len(ref_rows)), args, device, seconds=args.ref_seconds
-    )
-    tokens = int(ref_arrays.lengths[:count].sum())
-    records.append(record("ref", None, "fp32", tokens, seconds, mem, examples=count))
-    ref_done = subset(ref_arrays, np.arange(count))
-    log(f"  ref: {count} examples, {records[-1]['tok_s']:.0f} tok/s")
-
-    for max_tokens in (int(m) for m in args.max_tokens.split(",")):
-        batches = length_batches(arrays.lengths, max_tokens)
-        batches = [batches[i] for i in rng.permutation(len(batches))]
-
-        def ours(rows):
-            return score_model(
-                model, arrays, [rows], precision="bf16", device=device, pad_id=pad_id
-            )
-
-        def forward(rows):
-            batch = arrays.batch(rows, pad_id)
-            with torch.inference_mode(), torch.autocast(**amp):
-                _ = model(
-                    input_ids=batch["input_ids"].to(device),
-                    attention_mask=batch["attention_mask"].to(device),
-                    use_cache=False,
-                ).logits
-
-        _, count, seconds, mem = timed(ours, batches, args, device, seconds=args.seconds)
-        done = batches[:count]
-        tokens = int(sum(arrays.lengths[b].sum() for b in done))
-        computed = sum(len(b) * int(arrays.lengths[b].max()) for b in done)
-        # ours (bf16) against the reference (fp32) on the examples the reference scored
-        ours_ref = score_model(
-            model, ref_done, precision="bf16", device=device, pad_id=pad_id, max_tokens=max_tokens
-        )
-        diff = float(np.abs(ours_ref - np.asarray(ref_losses)).max())
-        records.append(
-            record(
-                "ours",
-                max_tokens,
-                "bf16",
-                tokens,
-                seconds,
-                mem,
-                examples=int(sum(len(b) for b in done)),
-                padding=round(1 - tokens / computed, 4),
-                max_abs_diff=diff,
-            )
-        )
-        _, _, seconds, mem = timed(forward, done, args, device)
-        records.append(
-            record(
-                "forward",
-                max_tokens,
-                "bf16",
-                tokens,
-                seconds,
-                mem,
-                examples=records[-1]["examples"],
-                padding=records[-1]["padding"],
-            )
-        )
-        log(
-            f"  max_tokens {max_tokens}: ours {records[-2]['tok_s']:.0f} tok/s, "
-            f"forward {records[-1]['tok_s']:.0f} tok/s over {count} batches"
-        )
-    return records
-
-
-def bench_training(model, shape, arrays, pad_id, device, peak, args) -> dict:
-    """Proxy training throughput: AdamW, bf16 autocast, length-grouped batches."""
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, weight_decay=0.0)
-    sampler = EpochSeededLengthGroupedSampler(args.train_batch, arrays.lengths.tolist(), args.seed)
-    order = np.fromiter(iter(sampler), dtype=np.int64)
-    batches = [order[i : i + args.train_batch] for i in range(0, len(order), args.train_batch)]
-
-    def step(rows):
-        batch = {k: v.to(device) for k, v in arrays.batch(rows, pad_id).items()}
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-            loss = model(**batch, use_cache=False).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
-
-    losses, count, seconds, mem = timed(step, batches, args, device, seconds=args.train_seconds)
-    model.eval()
-    done = batches[:count]
-    tokens = int(sum(arrays.lengths[b].sum() for b in done))
-    computed = sum(len(b) * int(arrays.lengths[b].max()) for b in done)
-    flop_params = matmul_params(model)
-    log(f"  training: {count} steps, {tokens / seconds:.0f} tok/s")
-    return {
-        "kind": "training",
-        "shape": shape,
-        "precision": "bf16",
-        "optimizer": "AdamW",
-        "batch_examples": args.train_batch,
-        "params": count_parameters(model),
-        "matmul_params": flop_params,
-        **rate_fields(tokens, seconds, 6 * flop_params, peak),
-        "peak_memory_gib": mem,
-        "flops": "6 * matmul_params * tokens",
-        "steps": count,
-        "padding": round(1 - tokens / computed, 4),
-        "first_loss": round(losses[0], 4),
-        "last_loss": round(losses[-1], 4),
-    }
-
-
-def projection(record: dict, peak: float | None) -> dict:
-    """The wall time of MathInstruct-sized scoring at ``record``'s measured rate."""
-    seconds = MATHINSTRUCT_TOKENS / record["tok_s"]
-    flops = 2 * record["matmul_params"] * MATHINSTRUCT_TOKENS
-    yardstick = flops / (YARDSTICK_FRACTION * peak * 1e12) if peak else None
-    return {
-        "kind": "projection",
-        "shape": record["shape"],
-        "method": record["method"],
-        "max_tokens": record["max_tokens"],
-        "examples": MATHINSTRUCT_EXAMPLES,
-        "checkpoints": MATHINSTRUCT_CHECKPOINTS,
-        "tokens": MATHINSTRUCT_TOKENS,
-        "flops": flops,
-        "seconds": round(seconds, 1),
-        "minutes": round(seconds / 60, 2),
-        "at_40pct_peak_s": None if yardstick is None else round(yardstick, 1),
-        "vs_40pct_peak": None if yardstick is None else round(seconds / yardstick, 3),
-    }
+    """Parameters that take part in multiply-adds: all but the input embedding table (a tied
+    output layer shares that tensor, so it is counted once, as the output layer)."""
+    inputs = model.get_input_embeddings().weight
+    outputs = model.get_output_embeddings()
+    tied = outputs is not None and outputs.weight is inputs
+    return count_parameters(model) - (0 if tied else inputs.numel())
 
 
 def rate_fields(tokens: int, seconds: float, flops_per_token: float, peak: float | None) -> dict:
     tflops = tokens * flops_per_token / seconds / 1e12
     return {
         "tokens": tokens,
-        "seconds": round(seconds, 4),
-        "tok_s": round(tokens / seconds, 1),
-        "tflops": round(tflops, 6),
-        "fraction_of_peak": None if peak is None else round(tflops / peak, 5),
+        "seconds": seconds,
+        "tok_s": tokens / seconds,
+        "tflops": tflops,
+        "fraction_of_peak": None if peak is None else tflops / peak,
     }
 
 
-def reference_loss_on(model, arrays: TokenArrays, i: int, device: torch.device) -> float:
-    """Example ``i``'s loss as :func:`smalltolarge.losses.reference_loss` computes it (one
-    example, fp32, ``model(ids, labels=...).loss``), with the tensors on ``device``."""
-    ids = torch.as_tensor(
-        arrays.values[arrays.offsets[i] : arrays.offsets[i + 1]], dtype=torch.long
-    )
-    ids = ids[None].to(device)
-    labels = ids.clone()
-    labels[0, : int(arrays.response_start[i])] = -100
-    with torch.inference_mode():
-        return float(model(input_ids=ids, labels=labels).loss)
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def timed(
-    fn: Callable, items: Sequence, args, device: torch.device, seconds: float | None = None
+    fn: Callable, items: Sequence, warmup: int, device: torch.device, seconds: float | None
 ) -> tuple[list, int, float, float | None]:
-    """Call ``fn`` on ``items`` in order: the first ``args.warmup`` untimed (they pick kernels
-    and allocate), then timed until ``seconds`` have passed (None: all items).
+    """Call ``fn`` on ``items``: the first ``warmup`` untimed (they pick kernels and allocate),
+    then from the start of ``items`` timed until ``seconds`` have passed (None: all items).
 
     Returns ``(results of the timed calls, their count, their seconds, peak memory in GiB or
     None)``; the timed calls are ``items[:count]``, so another method can be run over the very
     same items."""
     limit = math.inf if seconds is None else seconds
-    for item in list(items)[: args.warmup]:
+    for item in list(items)[:warmup]:
         fn(item)
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(device)
+    synchronize(device)
+    if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     results = []
     started = time.perf_counter()
@@ -531,12 +503,343 @@ def timed(
         results.append(fn(item))
         if time.perf_counter() - started >= limit:
             break
-    if cuda:
-        torch.cuda.synchronize(device)
+    synchronize(device)
     elapsed = time.perf_counter() - started
-    mem = round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if cuda else None
+    mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return results, len(results), elapsed, mem
 
 
+def shuffled_batches(arrays: TokenArrays, budget: int, rng) -> list[np.ndarray]:
+    """Length batches of ``budget`` tokens, in a seeded random order (a timed slice of them is
+    then a fair sample of the pool's lengths)."""
+    batches = length_batches(arrays.lengths, budget)
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def scoring_record(model, shape, method, budget, precision, tokens, seconds, mem, peak, **extra):
+    return {
+        "kind": "scoring",
+        "shape": shape,
+        "method": method,
+        "precision": precision,
+        "max_tokens": budget,
+        "params": count_parameters(model),
+        "matmul_params": matmul_params(model),
+        **rate_fields(tokens, seconds, 2 * matmul_params(model), peak),
+        "peak_memory_gib": mem,
+        **extra,
+    }
+
+
+def is_oom(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error)
+
+
+def bench_ours(model, shape, arrays, budget, device, peak, args, rng) -> dict:
+    """``score_model`` (the code ``s2l score`` runs) at a token budget, bf16."""
+    batches = shuffled_batches(arrays, budget, rng)
+    pad_id = int(model.config.pad_token_id or 0)
+
+    def ours(rows):
+        return score_model(model, arrays, [rows], precision="bf16", device=device, pad_id=pad_id)
+
+    try:
+        _, count, seconds, mem = timed(ours, batches, args.warmup, device, args.seconds)
+    except RuntimeError as error:
+        if not is_oom(error):
+            raise
+        torch.cuda.empty_cache()
+        return {"kind": "scoring", "shape": shape, "method": "ours", "max_tokens": budget,
+                "error": "out of memory"}  # fmt: skip
+    done = batches[:count]
+    tokens = int(sum(arrays.lengths[b].sum() for b in done))
+    computed = sum(len(b) * int(arrays.lengths[b].max()) for b in done)
+    record = scoring_record(
+        model, shape, "ours", budget, "bf16", tokens, seconds, mem, peak,
+        examples=int(sum(len(b) for b in done)), batches=count,
+        padding=1 - tokens / computed,
+    )  # fmt: skip
+    log(f"  ours at {budget}: {record['tok_s']:,.0f} tok/s ({count} batches)")
+    return record
+
+
+def bench_staged(model, shape, arrays, best, device, peak, args, rng) -> list[dict]:
+    """At the fastest budget: the loss kernel over batches already on the device, and a plain
+    ``.logits`` forward over the same batches (host-side batch building left out of both)."""
+    budget = best["max_tokens"]
+    batches = shuffled_batches(arrays, budget, rng)[: max(best["batches"], args.warmup + 1)]
+    pad_id = int(model.config.pad_token_id or 0)
+    staged = [{k: v.to(device) for k, v in arrays.batch(b, pad_id).items()} for b in batches]
+    amp = {"device_type": device.type, "dtype": torch.bfloat16}
+
+    def kernel(batch):
+        with torch.inference_mode(), torch.autocast(**amp):
+            return response_losses(model, **batch)
+
+    def forward(batch):
+        with torch.inference_mode(), torch.autocast(**amp):
+            return model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                use_cache=False,
+            ).logits.shape
+
+    records = []
+    for method, fn in (("staged", kernel), ("forward", forward)):
+        try:
+            _, count, seconds, mem = timed(fn, staged, args.warmup, device, args.seconds)
+        except RuntimeError as error:
+            if not is_oom(error):
+                raise
+            torch.cuda.empty_cache()
+            records.append({"kind": "scoring", "shape": shape, "method": method,
+                            "max_tokens": budget, "error": "out of memory"})  # fmt: skip
+            continue
+        tokens = int(sum(arrays.lengths[b].sum() for b in batches[:count]))
+        records.append(
+            scoring_record(
+                model,
+                shape,
+                method,
+                budget,
+                "bf16",
+                tokens,
+                seconds,
+                mem,
+                peak,
+                examples=int(sum(len(b) for b in batches[:count])),
+                batches=count,
+            )  # fmt: skip
+        )
+        log(f"  {method} at {budget}: {records[-1]['tok_s']:,.0f} tok/s")
+    del staged
+    return records
+
+
+def bench_ref(model, shape, arrays, device, peak, args, rng) -> dict:
+    """The reference method: one example at a time, fp32, ``model(ids, labels=...).loss``."""
+    n = len(arrays.response_start)
+    rows = rng.choice(n, size=min(2000, n), replace=False)
+
+    def one(i):
+        return reference_loss_on(model, arrays, int(i), device)
+
+    _, count, seconds, mem = timed(one, rows, args.warmup, device, args.ref_seconds)
+    tokens = int(arrays.lengths[rows[:count]].sum())
+    record = scoring_record(
+        model, shape, "ref", None, "fp32", tokens, seconds, mem, peak, examples=count
+    )
+    log(f"  ref: {record['tok_s']:,.0f} tok/s ({count} examples)")
+    return record
+
+
+def reference_loss_on(model, arrays: TokenArrays, i: int, device: torch.device) -> float:
+    """Example ``i``'s loss as :func:`smalltolarge.losses.reference_loss` computes it."""
+    ids = torch.as_tensor(arrays.values[arrays.offsets[i] : arrays.offsets[i + 1]].astype(np.int64))
+    ids = ids[None].to(device)
+    labels = ids.clone()
+    labels[0, : int(arrays.response_start[i])] = -100
+    with torch.inference_mode():
+        return float(model(input_ids=ids, labels=labels).loss)
+
+
+def bench_training(shape, tok, arrays, batch_size, device, peak, args) -> dict:
+    """AdamW steps in bf16 autocast on a fresh copy of the shape, length-grouped batches."""
+    model = build_model(shape, tok, device, args.seed).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+    # the sampler over a random slice of the pool: enough batches for the timed seconds
+    rows = np.random.default_rng(args.seed).choice(
+        len(arrays.response_start), size=min(len(arrays.response_start), batch_size * 400),
+        replace=False,
+    )  # fmt: skip
+    lengths = arrays.lengths[rows]
+    sampler = EpochSeededLengthGroupedSampler(batch_size, lengths.tolist(), args.seed)
+    order = rows[np.fromiter(iter(sampler), dtype=np.int64)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    pad_id = int(model.config.pad_token_id or 0)
+
+    def step(b):
+        batch = {k: v.to(device) for k, v in arrays.batch(b, pad_id).items()}
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            loss = model(**batch, use_cache=False).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    try:
+        losses, count, seconds, mem = timed(step, batches, args.warmup, device, args.train_seconds)
+    except RuntimeError as error:
+        if not is_oom(error):
+            raise
+        return {"kind": "training", "shape": shape, "batch_examples": batch_size,
+                "error": "out of memory"}  # fmt: skip
+    done = batches[:count]
+    tokens = int(sum(arrays.lengths[b].sum() for b in done))
+    computed = sum(len(b) * int(arrays.lengths[b].max()) for b in done)
+    flop_params = matmul_params(model)
+    record = {
+        "kind": "training",
+        "shape": shape,
+        "precision": "bf16",
+        "optimizer": "AdamW",
+        "batch_examples": batch_size,
+        "params": count_parameters(model),
+        "matmul_params": flop_params,
+        **rate_fields(tokens, seconds, 6 * flop_params, peak),
+        "peak_memory_gib": mem,
+        "steps": count,
+        "padding": 1 - tokens / computed,
+        "first_loss": float(losses[0]),
+        "last_loss": float(losses[-1]),
+    }
+    log(f"  training at batch {batch_size}: {record['tok_s']:,.0f} tok/s ({count} steps)")
+    return record
+
+
+def projection(best: dict, training: dict | None, arrays: TokenArrays, peak) -> dict:
+    """Wall times at the fastest measured rates (projections, not measurements)."""
+    mean = float(arrays.lengths.mean())
+    tokens_262k = mean * MATHINSTRUCT_EXAMPLES * CHECKPOINTS
+    tokens_10m = mean * LARGE_POOL_EXAMPLES * CHECKPOINTS
+    flops = 2 * best["matmul_params"] * tokens_262k
+    yardstick = flops / (YARDSTICK_FRACTION * peak * 1e12) if peak else None
+    record = {
+        "kind": "projection",
+        "shape": best["shape"],
+        "scoring_max_tokens": best["max_tokens"],
+        "scoring_tok_s": best["tok_s"],
+        "mean_tokens_per_example": mean,
+        "checkpoints": CHECKPOINTS,
+        "score_262k_s": tokens_262k / best["tok_s"],
+        "score_10m_s": tokens_10m / best["tok_s"],
+        "score_262k_at_40pct_peak_s": yardstick,
+    }
+    if training is not None:
+        record |= {
+            "training_batch": training["batch_examples"],
+            "training_tok_s": training["tok_s"],
+            "train_262k_3_epochs_s": mean
+            * MATHINSTRUCT_EXAMPLES
+            * PROXY_EPOCHS
+            / training["tok_s"],
+        }
+    return record
+
+
+def compare(scores: np.ndarray, cpu: np.ndarray, precision: str) -> dict:
+    diff = np.abs(scores.astype(np.float64) - cpu.astype(np.float64))
+    limit_max = TOLERANCE[f"{precision}_max"]
+    ok = bool(diff.max() <= limit_max)
+    if precision == "bf16":
+        ok = ok and bool(diff.mean() <= TOLERANCE["bf16_mean"])
+    return {
+        f"{precision}_max_abs_diff": float(diff.max()),
+        f"{precision}_mean_abs_diff": float(diff.mean()),
+        f"{precision}_within_tolerance": ok,
+    }
+
+
+def match_fixture(match_dir: Path, device: torch.device) -> dict:
+    """A trained tiny proxy's scores on this device against those a CPU wrote."""
+    fixture = json.loads((match_dir / "cpu.json").read_text())
+    data = np.load(match_dir / "arrays.npz")
+    arrays = TokenArrays(data["values"], data["offsets"], data["response_start"])
+    model = load_causal_lm(match_dir / "model").to(device).eval()
+    cpu = np.asarray(fixture["fp32"], dtype=np.float64)
+    record = {
+        "kind": "match",
+        "model": "tiny proxy trained on the bundled pool (gpu_match_fixture.py)",
+        "examples": len(cpu),
+        "cpu": fixture["cpu"],
+        "cpu_torch": fixture["torch"],
+        "mean_cpu_loss": float(cpu.mean()),
+        "tolerance": TOLERANCE,
+    }
+    for precision in ("fp32", "bf16"):
+        scores = score_model(
+            model, arrays, precision=precision, device=device, pad_id=fixture["pad_id"]
+        )
+        record |= compare(scores, cpu, precision)
+    log(f"  match (fixture): {record}")
+    return record
+
+
+def match_random(model, shape, arrays, rng, device: torch.device) -> dict:
+    """The shape's scores of 200 synthetic examples (of at most 256 tokens) on this device
+    against this machine's CPU (fp32), same weights."""
+    short = np.flatnonzero(arrays.lengths <= 256)  # the CPU side is fp32 on the host: keep it short
+    rows = np.sort(rng.choice(short, size=min(MATCH_EXAMPLES, len(short)), replace=False))
+    sample = subset(arrays, rows)
+    pad_id = int(model.config.pad_token_id or 0)
+    cpu_model = model.to("cpu")
+    cpu = score_model(cpu_model, sample, precision="fp32", device="cpu", pad_id=pad_id)
+    model = cpu_model.to(device)
+    record = {
+        "kind": "match",
+        "model": f"{shape}, random weights",
+        "examples": len(rows),
+        "cpu": f"this machine's CPU, {torch.get_num_threads()} threads",
+        "cpu_torch": torch.__version__,
+        "mean_cpu_loss": float(cpu.mean()),
+        "tolerance": TOLERANCE,
+    }
+    for precision in ("fp32", "bf16"):
+        scores = score_model(model, sample, precision=precision, device=device, pad_id=pad_id)
+        record |= compare(scores, cpu, precision)
+    log(f"  match ({shape}): {record}")
+    return record
+
+
+def end_to_end(device: torch.device, args: argparse.Namespace) -> dict:
+    """``prepare`` -> ``train_proxy`` (recording trajectories) -> ``score_trajectories`` on
+    the bundled pool with the tiny proxy, on ``device`` (the package picks CUDA when there is
+    one), each stage timed."""
+    from smalltolarge.prepare import prepare
+    from smalltolarge.proxy import train_proxy
+    from smalltolarge.scoring import score_trajectories
+    from smalltolarge.trajectories import load_run_trajectories
+
+    pool_path = DEMO_POOL
+    epochs, checkpoints = PROXY_EPOCHS, CHECKPOINTS
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.smoke:
+            pool_path = Path(tmp) / "pool.jsonl"
+            lines = Path(DEMO_POOL).read_text(encoding="utf-8").splitlines()[:120]
+            pool_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            epochs, checkpoints = 1.0, 2
+        run_dir = Path(tmp) / "run"
+        times = {}
+        started = time.perf_counter()
+        prepared = prepare(pool_path, run_dir, proxy="tiny", max_length=256, progress=False)
+        times["prepare_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        steps = train_proxy(run_dir, epochs=epochs, n_checkpoints=checkpoints, progress=False)
+        synchronize(device)
+        times["train_proxy_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        score_trajectories(run_dir, force=True, progress=False)
+        synchronize(device)
+        times["score_s"] = time.perf_counter() - started
+        trajectories = load_run_trajectories(run_dir)
+        losses = np.asarray(trajectories.losses)
+        record = {
+            "kind": "e2e",
+            "pool": Path(pool_path).name,
+            "examples": len(prepared.tokenised.dataset),
+            "epochs": epochs,
+            "checkpoints": len(steps),
+            "trajectories_shape": list(losses.shape),
+            "all_finite": bool(np.isfinite(losses).all()),
+            "mean_first_loss": float(losses[:, 0].mean()),
+            "mean_last_loss": float(losses[:, -1].mean()),
+            "device_used": str(device),
+            **times,
+        }
+    log(f"  e2e: {record}")
+    return record
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    with contextlib.suppress(KeyboardInterrupt):
+        main(sys.argv[1:])
