@@ -15,6 +15,7 @@ class                       stage
 :class:`ProxySettings`      train the proxy and record trajectories (``s2l train-proxy``)
 :class:`ScoreSettings`      score saved checkpoints (``s2l score``)
 :class:`SelectSettings`     select a subset (``s2l select``)
+:class:`ProbeSettings`      probe the target before fine-tuning (``s2l probe``)
 :class:`FinetuneSettings`   fine-tune the target on a subset (``s2l finetune``)
 :class:`EvalSettings`       evaluate a model on an eval set (``s2l evaluate``)
 ==========================  ===========================================================
@@ -399,6 +400,32 @@ class FinetuneSettings(StageSettings):
         check_positive_int("save_steps", self.save_steps, optional=True)
 
 
+@dataclass(frozen=True)
+class ProbeSettings(StageSettings):
+    """Probing the target before fine-tuning (``s2l probe RUN --target MODEL``): the untrained
+    target's response loss on ``fraction`` of every source of the pool (at most
+    ``max_examples`` in all; seeded by ``seed``), formatted as the target will be fine-tuned
+    (``template``, ``max_length``), in ``precision`` with ``max_tokens`` real tokens per
+    batch."""
+
+    fraction: float = 0.25
+    max_examples: int = 5000
+    seed: int = 0
+    template: str = "alpaca"
+    max_length: int = DEFAULT_MAX_LENGTH
+    precision: str = "auto"
+    max_tokens: int = DEFAULT_MAX_TOKENS
+
+    def __post_init__(self) -> None:
+        check_in_range("fraction", self.fraction, 0.0, 1.0, closed="(]")
+        check_positive_int("max_examples", self.max_examples)
+        check_non_negative_int("seed", self.seed)
+        check_choice("template", self.template, TEMPLATES)
+        check_max_length(self.max_length)
+        check_precision("precision", self.precision)
+        check_positive_int("max_tokens", self.max_tokens)
+
+
 #: Evaluation metrics (see :mod:`smalltolarge.evaluate`); ``auto`` picks by the eval set.
 METRICS = ("auto", "exact_match", "rouge_l", "loss")
 
@@ -436,6 +463,7 @@ STAGES: dict[str, type[StageSettings]] = {
     "proxy": ProxySettings,
     "score": ScoreSettings,
     "select": SelectSettings,
+    "probe": ProbeSettings,
     "finetune": FinetuneSettings,
     "evaluate": EvalSettings,
 }

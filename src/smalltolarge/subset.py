@@ -25,6 +25,7 @@ from smalltolarge.dedup import count_duplicates
 from smalltolarge.errors import S2LError
 from smalltolarge.formatting import load_tokenised
 from smalltolarge.presets import apply_preset
+from smalltolarge.probe import load_probe, proxy_fit, proxy_fit_warnings
 from smalltolarge.runs import (
     RunDir,
     atomic_open,
@@ -42,6 +43,7 @@ from smalltolarge.selection import (
     resolve_budget,
     trajectory_diagnostics,
 )
+from smalltolarge.selection.base import needs_probe
 from smalltolarge.settings import SelectSettings, budget_label
 from smalltolarge.trajectories import align_to_pool, import_trajectories, load_run_trajectories
 
@@ -152,7 +154,15 @@ def select_subset(
         given = {**given, "target": target["target_fingerprint"][:8], "tw": target_weight}
     name = name or _default_name(method, budget, seed, stratify, preset, given)
     out = run_dir.selection_dir(name)
-    fp = fingerprint(inputs.fingerprint, method, str(described), n_budget, seed, stratify)
+    reads_probe = needs_probe(selector)
+    if reads_probe and signals.target_probe is None:
+        raise S2LError(
+            f"method {method} needs the target's probe losses: run `s2l probe --run-dir "
+            f"{run_dir.root} --target MODEL` first (MODEL: the model you will fine-tune)"
+        )
+    probe_fp = inputs.notes.get("probe", {}).get("fingerprint") if reads_probe else None
+    parts = [inputs.fingerprint, method, str(described), n_budget, seed, stratify]
+    fp = fingerprint(*parts, *([probe_fp] if reads_probe else []))
     recorded = _recorded_settings(method, preset, described, budget, seed)
     if not force and (out / "summary.json").is_file():
         summary = read_json(out / "summary.json")
@@ -381,6 +391,16 @@ def run_inputs(run_dir: RunDir) -> SelectionInputs:
         embeddings=None if traj.embeddings is None else np.asarray(traj.embeddings, np.float32),
     )
     notes = {"n_scorable": len(tokenised), "n_excluded": len(tokenised.excluded)}
+    probe = load_probe(run_dir)
+    if probe is not None:
+        signals.target_probe = probe.aligned(signals.ids)
+        notes["probe"] = {
+            "target": probe.meta.get("target"),
+            "n_probed": int(np.isfinite(signals.target_probe).sum()),
+            "fingerprint": probe.fingerprint,
+            "seconds": probe.meta.get("seconds"),
+            "counts_against_budget": False,
+        }
     return SelectionInputs(pool, signals, pool_index, traj.fingerprint or "", notes)
 
 
@@ -449,6 +469,12 @@ def _summary(
     )
     summary["diagnostics"] = diagnostics
     summary["warnings"] = [*warnings, *diagnostics["warnings"]]
+    if signals.target_probe is not None:
+        # the cheapest check that the proxy sees the data as the target does
+        fit = proxy_fit(signals.losses[:, -1], signals.target_probe, signals.sources)
+        if fit is not None:
+            summary["proxy_fit"] = fit
+            summary["warnings"] += proxy_fit_warnings(fit)
     if signals.sources is not None:
         in_pool = Counter(str(s) for s in signals.sources)
         in_subset = Counter(str(s) for s in signals.sources[picked])

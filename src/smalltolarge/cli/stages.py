@@ -62,6 +62,7 @@ from smalltolarge.settings import (
     DEFAULT_DEDUP_THRESHOLD,
     DEFAULT_RUN_DIR,
     PrepareSettings,
+    ProbeSettings,
     ProxySettings,
     ScoreSettings,
     SelectSettings,
@@ -325,6 +326,50 @@ def select_cmd(
     print_selection_summary(result.summary)
     print_paths(selection_paths(result))
     report_selection(run_dir, result.directory.name, report)
+
+
+@command("probe")
+def probe_cmd(
+    run_dir: RunDirOpt = DEFAULT_RUN_DIR,
+    target: Annotated[
+        str,
+        typer.Option(
+            help="The model you will fine-tune (HF name, local directory or offline short "
+            "name), untrained: its loss on a sample of the pool is the probe.",
+            show_default=False,
+        ),
+    ] = ...,
+    fraction: Annotated[
+        float, typer.Option(help="Share of every source to probe, in (0, 1].")
+    ] = ProbeSettings.fraction,
+    max_examples: Annotated[
+        int, typer.Option(help="At most this many examples in all (the fraction is lowered).")
+    ] = ProbeSettings.max_examples,
+    seed: Annotated[int, typer.Option(help="Seed of the sample.")] = ProbeSettings.seed,
+    template: TemplateOpt = ProbeSettings.template,
+    max_length: MaxLenOpt = ProbeSettings.max_length,
+    precision: PrecisionOpt = ProbeSettings.precision,
+    max_tokens: MaxTokOpt = ProbeSettings.max_tokens,
+    force: ForceOpt = False,
+) -> None:
+    """4b. Score a per-source sample of the pool with the untrained TARGET (never trained on,
+    not counted against the budget): every selection then reports how well the proxy's final
+    loss agrees with the target's (proxy_fit), and s2l-checked sizes its cluster budgets by it."""
+    from smalltolarge.probe import probe_target
+
+    probe_target(
+        run_dir,
+        target,
+        fraction=fraction,
+        max_examples=max_examples,
+        seed=seed,
+        template=template,
+        max_length=max_length,
+        precision=precision,
+        max_tokens=max_tokens,
+        force=force,
+        progress=is_main_process(),
+    )
 
 
 @command("extend")

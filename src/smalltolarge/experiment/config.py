@@ -19,6 +19,7 @@ defaults and checks as ``s2l train-proxy``, ``s2l finetune`` and ``s2l evaluate`
       max_length: 512
       learning_rate: null            # null: the preset's / S2L's reference value
       batch_size: null
+      grad_accum: 1                  # effective batch = batch_size x grad_accum
       precision: auto                # auto, fp32, bf16, fp16
       seed: 0
       template: alpaca
@@ -59,6 +60,10 @@ defaults and checks as ``s2l train-proxy``, ``s2l finetune`` and ``s2l evaluate`
     stratify_by: null                # default for entries without stratify: select per source
                                      # ("source"), as the reference code
     keep_models: false               # keep fine-tuned weights (else deleted once evaluated)
+    probe: false                     # probe the untrained target on a sample of the pool
+                                     # (s2l probe) and report the proxy's fit in every
+                                     # selection summary; done anyway when a method needs it
+                                     # (s2l-checked)
 
 Relative ``pool`` and ``eval`` paths resolve against the config file's directory (the cwd for a
 dict). Budgets are fractions of the pool (``0.1``, ``"10%"``) or counts (``300``); seeds seed
@@ -110,6 +115,7 @@ _DEFAULTS: dict[str, Any] = {
     "evaluate_base": False,
     "stratify_by": None,
     "keep_models": False,
+    "probe": False,
 }
 _REQUIRED = ("name", "pool", "eval")
 #: The three stage sections of a config: each key names a field of a stage's settings
@@ -123,6 +129,7 @@ _SECTIONS: dict[str, dict[str, tuple[type[StageSettings], str]]] = {
         "checkpoints": (ProxySettings, "n_checkpoints"),
         "learning_rate": (ProxySettings, "learning_rate"),
         "batch_size": (ProxySettings, "batch_size"),
+        "grad_accum": (ProxySettings, "grad_accum"),
         "precision": (ProxySettings, "precision"),
         "seed": (ProxySettings, "seed"),
     },
@@ -195,6 +202,7 @@ class ExperimentConfig:
     evaluate_base: bool = False
     stratify_by: str | None = None
     keep_models: bool = False
+    probe: bool = False
     #: the command that reproduces the experiment (None for a config given as a dict)
     command: str | None = None
 
@@ -272,7 +280,7 @@ def load_config(
     for key in ("pool_limit", "eval_per_source"):
         if values[key] is not None:
             _check_positive_int(values[key], key)
-    for key in ("full_pool", "evaluate_base", "keep_models"):
+    for key in ("full_pool", "evaluate_base", "keep_models", "probe"):
         if not isinstance(values[key], bool):
             raise S2LError(f"{key} must be true or false, not {values[key]!r}")
     chosen_out = out_dir if out_dir is not None else values["out_dir"]
@@ -291,6 +299,7 @@ def load_config(
         evaluate_base=values["evaluate_base"],
         stratify_by=values["stratify_by"],
         keep_models=values["keep_models"],
+        probe=values["probe"],
         command=command,
     )
 

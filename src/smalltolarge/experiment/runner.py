@@ -32,6 +32,7 @@ from smalltolarge.experiment.results import (
 )
 from smalltolarge.finetune import finetune
 from smalltolarge.prepare import prepare
+from smalltolarge.probe import probe_target
 from smalltolarge.progress import messages
 from smalltolarge.proxy import train_proxy
 from smalltolarge.runs import (
@@ -43,7 +44,8 @@ from smalltolarge.runs import (
     read_json,
 )
 from smalltolarge.scoring import score_trajectories
-from smalltolarge.selection import resolve_budget
+from smalltolarge.selection import make_selector, resolve_budget
+from smalltolarge.selection.base import needs_probe
 from smalltolarge.settings import (
     EvalSettings,
     FinetuneSettings,
@@ -272,6 +274,20 @@ def _train_proxy(cfg: ExperimentConfig, pool_path: Path, run_dir: RunDir, progre
     training = cfg.stage_kwargs("proxy", ProxySettings)
     train_proxy(run_dir, **training, progress=progress)
     score_trajectories(run_dir, precision=training["precision"], progress=progress)
+    if cfg.probe or any(_reads_probe(spec) for spec in cfg.methods):
+        # once per experiment: the untrained target's loss on a sample of the pool
+        probe_target(
+            run_dir,
+            cfg.target["model"],
+            template=cfg.target["template"],
+            max_length=cfg.target["max_length"],
+            progress=progress,
+        )
+
+
+def _reads_probe(spec) -> bool:
+    """Whether the method of a methods entry reads the target's probe losses."""
+    return needs_probe(make_selector(spec.method, **spec.settings))
 
 
 def _do_run(

@@ -40,6 +40,9 @@ class Signals:
             the user cares about, scored at the same checkpoints, never selected), or None;
             S2L shifts its cluster quotas toward the clusters they fall in, by
             ``target_weight`` in [0, 1] (0: plain S2L; 1: fully target-weighted).
+        target_probe: ``(n,)`` float32: the TARGET model's mean response loss of each example
+            before any fine-tuning (``s2l probe``), NaN for the examples not probed; or None.
+            Target-checked methods (:mod:`smalltolarge.selection.checked`) read it.
 
     Raises:
         S2LError: on a field whose rows do not line up with ``losses``, a ``losses`` that is not
@@ -53,6 +56,7 @@ class Signals:
     embeddings: np.ndarray | None = None
     target_losses: np.ndarray | None = None
     target_weight: float = 0.5
+    target_probe: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         losses = self.losses if isinstance(self.losses, np.ndarray) else np.asarray(self.losses)
@@ -81,6 +85,12 @@ class Signals:
             if not np.isfinite(target).all():
                 raise S2LError("a target trajectory is not finite")
             self.target_losses = target
+        if self.target_probe is not None:
+            probe = _rows_aligned("target_probe", self.target_probe, n, ndim=1)
+            probe = probe.astype(np.float32, copy=False)
+            if np.isinf(probe).any() or (np.isfinite(probe) & (probe < 0)).any():
+                raise S2LError("target probe losses must be non-negative numbers or NaN")
+            self.target_probe = probe
         if not 0 <= self.target_weight <= 1:
             raise S2LError(f"target_weight must be in [0, 1], not {self.target_weight!r}")
 
@@ -114,6 +124,7 @@ class Signals:
             embeddings=None if self.embeddings is None else self.embeddings[rows],
             target_losses=self.target_losses,
             target_weight=self.target_weight,
+            target_probe=None if self.target_probe is None else self.target_probe[rows],
         )
 
 
@@ -201,6 +212,13 @@ class Selector:
         clustering method adds ``clusters`` (:func:`cluster_summary`), ``n_clusters_effective``
         and ``n_clusters_requested``."""
         return {"warnings": list(self.warnings_)}
+
+
+def needs_probe(selector: Selector) -> bool:
+    """Whether ``selector`` (or the selector a wrapper runs per source) reads
+    :attr:`Signals.target_probe`, the target's probe losses (``s2l probe``)."""
+    inner = getattr(selector, "selector", selector)
+    return bool(getattr(inner, "needs_probe", False))
 
 
 def resolve_budget(budget: float | int | str, n_total: int, n_selectable: int | None = None) -> int:
