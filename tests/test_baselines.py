@@ -35,6 +35,7 @@ def _signals(
     sources: np.ndarray | None = None,
     lengths: np.ndarray | None = None,
     embeddings: np.ndarray | None = None,
+    target_probe: np.ndarray | None = None,
 ) -> Signals:
     losses = np.asarray(losses, dtype=np.float32)
     return Signals(
@@ -43,17 +44,22 @@ def _signals(
         sources=sources,
         lengths=lengths,
         embeddings=embeddings,
+        target_probe=target_probe,
     )
 
 
 def _full_signals(n: int = 60, seed: int = 0) -> Signals:
-    """Every signal present: 6-checkpoint losses, 3 sources, lengths, 8-d embeddings."""
+    """Every signal present: 6-checkpoint losses, 3 sources, lengths, 8-d embeddings, and the
+    target's probe losses of every other example (NaN for the others)."""
     rng = np.random.default_rng(seed)
+    losses = rng.random((n, 6), dtype=np.float32) * 3
+    sources = np.array(["alpaca", "dolly", "gsm8k"])[rng.integers(0, 3, n)]
+    lengths = rng.integers(1, 500, n)
+    embeddings = rng.standard_normal((n, 8), dtype=np.float32)
+    probe = rng.random(n, dtype=np.float32) * 3  # drawn last: the other signals stay as they were
+    probe[1::2] = np.nan
     return _signals(
-        rng.random((n, 6), dtype=np.float32) * 3,
-        sources=np.array(["alpaca", "dolly", "gsm8k"])[rng.integers(0, 3, n)],
-        lengths=rng.integers(1, 500, n),
-        embeddings=rng.standard_normal((n, 8), dtype=np.float32),
+        losses, sources=sources, lengths=lengths, embeddings=embeddings, target_probe=probe
     )
 
 
@@ -85,6 +91,9 @@ def test_registry_lists_every_baseline():
         "s2l-whitened",
         "s2l-shape",
         "s2l-cartography",
+        "s2l-checked",
+        "s2l-cut",
+        "kmq",
     ]
     assert set(SELECTORS) == {"s2l", *BASELINES}
     for key in BASELINES:
@@ -153,11 +162,17 @@ def test_rankings_ignore_seed(method):
         ("length", "lengths", "Signals.lengths"),
         ("facility-location", "embeddings", "Signals.embeddings"),
         ("kmeans-embeddings", "embeddings", "Signals.embeddings"),
+        ("s2l-checked", "target_probe", "s2l probe"),
     ],
 )
 def test_missing_signals_name_what_is_needed(method, missing, needs):
     full = _full_signals()
-    fields = {"sources": full.sources, "lengths": full.lengths, "embeddings": full.embeddings}
+    fields = {
+        "sources": full.sources,
+        "lengths": full.lengths,
+        "embeddings": full.embeddings,
+        "target_probe": full.target_probe,
+    }
     fields[missing] = None
     signals = _signals(full.losses, **fields)
     with pytest.raises(S2LError, match=needs.replace(".", r"\.")):

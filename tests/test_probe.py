@@ -123,3 +123,22 @@ def test_probe_marks_examples_the_target_cannot_score(run_copy, target_dir):
     missing = int(np.isnan(probe.losses).sum())
     assert 0 < missing < len(probe.ids)  # prompts longer than 48 target tokens
     assert load_probe(run_copy).meta["n_not_scorable"] == missing
+
+
+def test_checked_selection_reads_the_probe(run_copy, target_dir):
+    from smalltolarge.subset import select_subset
+
+    with pytest.raises(S2LError, match="needs the target's probe losses: run `s2l probe"):
+        select_subset(run_copy, method="s2l-checked", budget=0.2)
+    probe_target(run_copy, str(target_dir), max_length=MAX_LENGTH, fraction=0.5, progress=False)
+    first = select_subset(run_copy, method="s2l-checked", budget=0.2, stratify_by="source")
+    again = select_subset(run_copy, method="s2l-checked", budget=0.2, stratify_by="source")
+    assert again.reused and again.ids == first.ids
+    assert "proxy_fit" in first.summary and first.summary["probe"]["n_probed"] > 0
+    # a new probe is a new input of s2l-checked: the selection is not reused
+    probe_target(
+        run_copy, str(target_dir), max_length=MAX_LENGTH, fraction=0.5, seed=1, progress=False
+    )
+    assert first.summary["fingerprint"] != select_subset(
+        run_copy, method="s2l-checked", budget=0.2, stratify_by="source", name="after", seed=0
+    ).summary["fingerprint"]

@@ -28,6 +28,11 @@ from smalltolarge.selection.baselines import (
     MiddlePerplexitySelector,
     RandomSelector,
 )
+from smalltolarge.selection.checked import (
+    KMQSelector,
+    TailCutS2LSelector,
+    TargetCheckedS2LSelector,
+)
 from smalltolarge.selection.diagnostics import trajectory_diagnostics
 from smalltolarge.selection.facility import FacilityLocationSelector
 from smalltolarge.selection.s2l import S2LSelector, kmeans_labels
@@ -46,6 +51,7 @@ __all__ = [
     "FacilityLocationSelector",
     "HighLearnabilitySelector",
     "HighVariabilitySelector",
+    "KMQSelector",
     "KMeansEmbeddingsSelector",
     "LeastConfidenceSelector",
     "LengthSelector",
@@ -56,6 +62,8 @@ __all__ = [
     "ShapeS2LSelector",
     "Signals",
     "Stratified",
+    "TailCutS2LSelector",
+    "TargetCheckedS2LSelector",
     "WhitenedS2LSelector",
     "accepts",
     "balanced_sample",
@@ -80,6 +88,9 @@ SELECTORS: dict[str, type[Selector]] = {
     "s2l-whitened": WhitenedS2LSelector,
     "s2l-shape": ShapeS2LSelector,
     "s2l-cartography": CartographyS2LSelector,
+    "s2l-checked": TargetCheckedS2LSelector,
+    "s2l-cut": TailCutS2LSelector,
+    "kmq": KMQSelector,
 }
 
 # The methods S2L is compared against (every registered method but S2L itself).
