@@ -103,7 +103,9 @@ def extend_run(
     Args:
         run_dir: a run whose proxy kept its checkpoints and whose trajectories are scored.
         new_pool: a pool file or dataset, read by :func:`~smalltolarge.data.load_pool` with
-            ``pool_options`` (``prompt_column``, ``id_column``, ``on_invalid``, ...).
+            the run's schema (its column names: the grown pool and its subsets keep one
+            schema; a file without them is refused, naming them) and ``pool_options``
+            (``on_invalid``, ``split``; a ``*_column`` may only name the run's own column).
         selection: the S2L selection to extend (a name under ``RUN/selections``); default: the
             latest one made on the run's current trajectories, none if there is none.
         budget: a fraction of the grown pool or a count; default: the selection's budget as it
@@ -120,7 +122,8 @@ def extend_run(
     scoring ends, so a refused or interrupted extension leaves the run as it was.
 
     Raises:
-        S2LError: a new id is already in the pool, the proxy kept no checkpoints, the selection
+        S2LError: the new examples are not in the run's schema, a new id is already in the
+            pool, the proxy kept no checkpoints, the selection
             is not an S2L selection of these trajectories, the budget would drop previously
             selected examples, or no new example fits ``max_length``.
     """
@@ -139,7 +142,7 @@ def extend_run(
     with warnings.catch_warnings():
         if progress:  # the line below says it
             warnings.filterwarnings("ignore", r".*skipped \d+ invalid", UserWarning)
-        added = load_pool(new_pool, **pool_options)
+        added = load_pool(new_pool, like=base.schema, **pool_options)
     _refuse_known_ids(base, added, new_pool)
     new_tok = tokenise_pool(
         added, tokenizer, template=tokenised.template, max_length=tokenised.max_length
