@@ -167,6 +167,8 @@ def load_pool(
     if like is not None:
         named = _columns_like(raw, like, named)
     schema = resolve_schema(raw, **named)
+    if like is not None:  # the columns were named after like's, which its kind describes
+        schema["kind"] = like["kind"]
     columns, problems = normalise(raw, schema)
 
     if problems and on_invalid != "skip":
