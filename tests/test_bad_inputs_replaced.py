@@ -14,13 +14,20 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from smalltolarge.demo_data import DEMO_POOL
-from smalltolarge.runs import read_json
+from smalltolarge.export import export_selection
+from smalltolarge.extend import extend_run
+from smalltolarge.html_report import write_report
+from smalltolarge.nested import select_nested
+from smalltolarge.runs import RunDir, read_json
 from smalltolarge.subset import select_subset
 from tests.conftest import N_POOL
 from tests.test_bad_inputs import refused, s2l
 
 N_NEW = 30
+SELECTION = "s2l-0.3-seed0"
 
 
 def demo_lines(start: int, stop: int) -> list[str]:
@@ -28,11 +35,141 @@ def demo_lines(start: int, stop: int) -> list[str]:
     return DEMO_POOL.read_text(encoding="utf-8").splitlines()[start:stop]
 
 
+@pytest.fixture(scope="module")
+def new_file(tmp_path_factory) -> Path:
+    """``N_NEW`` bundled examples that are not in the fixture pool (the run's schema)."""
+    path = tmp_path_factory.mktemp("new") / "new.jsonl"
+    path.write_text("\n".join(demo_lines(N_POOL, N_POOL + N_NEW)) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def grown_run(tmp_path_factory, scored_run, new_file) -> RunDir:
+    """The scored run with the selection ``s2l-0.3-seed0`` (exported as alpaca, reported) and
+    the nested selections ``s2l-nested-seed0-{0.1,0.3}``, then grown by an extension of
+    ``s2l-0.3-seed0`` (``s2l-0.3-seed0-ext1``): every selection was made on the old pool."""
+    run = RunDir(tmp_path_factory.mktemp("runs") / "grown")
+    shutil.copytree(scored_run.root, run.root)
+    select_subset(run, budget=0.3, seed=0)
+    select_nested(run, ["0.1", "0.3"])
+    export_selection(run.selection_dir(SELECTION), "alpaca")
+    write_report(run, SELECTION)
+    extend_run(run, new_file, selection=SELECTION, progress=False)
+    return run
+
+
+@pytest.fixture
+def grown(tmp_path, grown_run) -> RunDir:
+    """A private, writable copy of ``grown_run``."""
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(grown_run.root, run.root)
+    return run
+
+
 def files_of(directory: Path) -> dict[str, bytes]:
     """Every file under ``directory`` (relative path -> bytes)."""
     return {
         str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()
     }
+
+
+# ---- a complete selection is never replaced in place -------------------------------------
+
+
+def test_select_after_extend_keeps_the_selection_and_force_takes_what_it_derived(
+    monkeypatch, capsys, grown
+):
+    root, sel = grown.root, grown.selection_dir(SELECTION)
+    before = files_of(sel)
+    old = read_json(sel / "summary.json")
+    assert (sel / "export").is_dir() and (sel / "report").is_dir()
+
+    # the same settings on the grown pool: refused, saying what changed and what to run
+    code, _, err = s2l(monkeypatch, capsys, "select", "-r", root, "--budget", "0.3")
+    refused(
+        code, err, str(sel), "pool fingerprint", "trajectories fingerprint", "--name NEW_NAME",
+        "--force", "export/", "report/",
+    )  # fmt: skip
+    assert files_of(sel) == before
+
+    # --name makes a new selection beside it
+    code, _, err = s2l(
+        monkeypatch, capsys, "select", "-r", root, "--budget", "0.3", "--name", "grown-0.3"
+    )
+    assert code == 0, err
+    assert files_of(sel) == before
+
+    # --force replaces it, and what was derived from it goes in the same step
+    code, out, err = s2l(monkeypatch, capsys, "select", "-r", root, "--budget", "0.3", "--force")
+    assert code == 0, err
+    assert not (sel / "export").exists() and not (sel / "report").exists()
+    new = read_json(sel / "summary.json")
+    assert new["fingerprint"] != old["fingerprint"]
+    assert new["replaced"]["fingerprint"] == old["fingerprint"]
+    assert new["replaced"]["n_selected"] == old["n_selected"]
+    assert new["replaced"]["removed"] == ["export/", "report/"]
+    assert "replaced" in out and "export/" in out
+
+    # the extension still names the selection it grew, by fingerprint: not the new one
+    ext = read_json(grown.selection_dir(f"{SELECTION}-ext1") / "summary.json")
+    assert ext["extended_from"]["selection"] == SELECTION
+    assert ext["extended_from"]["fingerprint"] == old["fingerprint"]
+    record = read_json(grown.extensions_meta)["extensions"][0]
+    assert record["selection"] == f"{SELECTION}-ext1"
+    assert record["selection_fingerprint"] == ext["fingerprint"]
+
+
+def test_derived_outputs_name_their_selection_and_a_stale_export_is_refused(
+    monkeypatch, capsys, grown, tmp_path
+):
+    root, sel = grown.root, grown.selection_dir(SELECTION)
+    fp = read_json(sel / "summary.json")["fingerprint"]
+    assert read_json(sel / "report" / "report.json")["selection_fingerprint"] == fp
+    exported = read_json(sel / "export" / "alpaca" / "export.json")
+    assert exported[f"{SELECTION}.json"]["selection_fingerprint"] == fp
+
+    out = tmp_path / "out"
+    code, _, err = s2l(monkeypatch, capsys, "export", sel, "--format", "alpaca", "-o", out)
+    assert code == 0, err
+    code, _, err = s2l(monkeypatch, capsys, "select", "-r", root, "--budget", "0.3", "--force")
+    assert code == 0, err
+    # the copy outside the selection outlived it: a reader refuses it rather than trust it
+    code, _, err = s2l(
+        monkeypatch, capsys, "finetune", "tiny", out / f"{SELECTION}.json", "-o", tmp_path / "ft"
+    )
+    refused(code, err, str(out / f"{SELECTION}.json"), fp, "replaced", "s2l export")
+    assert not (tmp_path / "ft").exists()
+
+
+def test_nested_selections_are_kept_too(monkeypatch, capsys, grown):
+    root = grown.root
+    nested = [grown.selection_dir(f"s2l-nested-seed0-{b}") for b in ("0.1", "0.3")]
+    before = [files_of(d) for d in nested]
+    code, _, err = s2l(monkeypatch, capsys, "select", "-r", root, "--budget", "0.1,0.3")
+    refused(code, err, str(nested[0]), "trajectories fingerprint", "--name", "--force")
+    assert [files_of(d) for d in nested] == before
+    code, _, err = s2l(monkeypatch, capsys, "select", "-r", root, "--budget", "0.1,0.3", "--force")
+    assert code == 0, err
+    assert all(read_json(d / "summary.json")["replaced"] for d in nested)
+    # other nested budgets rank the examples otherwise: the smaller selection is not redone
+    before = files_of(nested[0])
+    code, _, err = s2l(monkeypatch, capsys, "select", "-r", root, "--budget", "0.1,0.5")
+    refused(code, err, str(nested[0]), "other settings", "nested '0.1,0.3' there, '0.1,0.5' now")
+    assert files_of(nested[0]) == before
+
+
+def test_extend_never_writes_over_a_complete_selection(monkeypatch, capsys, run_copy, new_file):
+    root = run_copy.root
+    select_subset(run_copy, budget=0.3, seed=0)
+    # a selection of the user's that happens to bear the name the extension would take
+    taken = run_copy.selection_dir(f"{SELECTION}-ext1")
+    select_subset(run_copy, method="random", budget=0.1, name=taken.name)
+    before, pool_meta = files_of(taken), run_copy.pool_meta.read_bytes()
+    code, _, err = s2l(monkeypatch, capsys, "extend", root, new_file, "--selection", SELECTION)
+    refused(code, err, str(taken))
+    assert files_of(taken) == before
+    assert run_copy.pool_meta.read_bytes() == pool_meta
+    assert not run_copy.extensions_meta.exists()
 
 
 # ---- extend reads the run's schema -------------------------------------------------------
