@@ -389,8 +389,8 @@ def test_missing_field_and_empty_response_counted(tmp_path):
         load_pool(path)
     assert str(info.value) == (
         f"{path} line 2 (id=b): missing field 'output' (2 invalid examples in total; "
-        "fix them, or pass on_invalid='skip' / --skip-invalid to drop them)"
-    )
+        "fix them, or pass on_invalid='skip' to drop them)"
+    )  # the CLI names --skip-invalid only where the command has it (test_bad_inputs_replaced)
 
 
 def test_empty_response_and_prompt_locations(tmp_path):

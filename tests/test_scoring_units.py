@@ -25,7 +25,7 @@ from smalltolarge.formatting import TokenArrays, collate, load_tokenised
 from smalltolarge.losses import score_batches
 from smalltolarge.models import build_preset_model, load_tokenizer
 from smalltolarge.recording import TrajectoryCallback, plan_chunks
-from smalltolarge.runs import RunDir, list_checkpoints
+from smalltolarge.runs import RunDir, atomic_write_json, list_checkpoints, read_json
 from smalltolarge.scoring import score_trajectories
 
 CHUNK = "600"  # tokens per unit: 15 units per checkpoint on the test pool
@@ -115,10 +115,14 @@ def score_in_process(
 
 
 def first_and_last_checkpoint(run: RunDir) -> RunDir:
-    """``run`` with the proxy checkpoints between the first and the last removed."""
+    """``run`` with the proxy checkpoints between the first and the last removed, and
+    ``proxy.json`` recording the two left (scoring scores exactly the ones it records)."""
     for _, path in list_checkpoints(run.proxy_dir)[1:-1]:
         shutil.rmtree(path)
-    assert len(list_checkpoints(run.proxy_dir)) == 2
+    kept = list_checkpoints(run.proxy_dir)
+    assert len(kept) == 2
+    meta = read_json(run.proxy_meta)
+    atomic_write_json(run.proxy_meta, {**meta, "checkpoint_steps": [s for s, _ in kept]})
     return run
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from smalltolarge.errors import S2LError
+from smalltolarge.errors import InvalidExamplesError, S2LError
 from smalltolarge.readers import (
     FORMATS,
     MISSING,
@@ -122,8 +122,9 @@ def load_pool(
     source_column: str | None = None,
     id_column: str | None = None,
     split: str = "train",
-    on_invalid: str = "error",
+    on_invalid: str | None = None,
     extra_columns: Sequence[str] = (),
+    like: dict | None = None,
 ) -> Pool:
     """Load and normalise a pool of examples.
 
@@ -135,40 +136,49 @@ def load_pool(
             ``question``/``answer``, ``prompt``/``completion``, ``messages``, ``source``, ``id``).
         split: the split to take from a ``DatasetDict`` directory or a ``load_dataset`` source.
         on_invalid: ``"error"`` raises on the first invalid example (after counting them all);
-            ``"skip"`` drops invalid examples, lists them in ``Pool.skipped`` and warns once.
+            ``"skip"`` drops invalid examples, lists them in ``Pool.skipped`` and warns once;
+            None (the default) raises too, but tells the CLI that the caller offers no choice
+            (see :class:`~smalltolarge.errors.InvalidExamplesError`).
         extra_columns: input columns to keep as they are in ``Pool.extra`` (an answer column
             for evaluation, say); those the input does not have are left out, so a caller
             that needs one checks ``Pool.extra`` (and ``Pool.input_columns`` for a message).
+        like: the schema (``Pool.schema``) of a pool this input joins (``s2l extend``): the
+            input is read with its column names, and refused when it lacks one of them or a
+            ``*_column`` names another, so that the joined pool keeps one schema.
 
     Raises:
         S2LError: the input cannot be read, its schema cannot be determined, an example is
             invalid (with ``on_invalid="error"``), two examples share an id, or nothing is left.
         ValueError: ``on_invalid`` is neither ``"error"`` nor ``"skip"``.
     """
-    if on_invalid not in ("error", "skip"):
+    if on_invalid not in (None, "error", "skip"):
         raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
     source_path = os.fspath(path_or_name)
     raw = read_input(source_path, split)
     if raw.n == 0:
         raise S2LError(f"{raw.label}: no examples")
-    schema = resolve_schema(
-        raw,
-        prompt_column=prompt_column,
-        input_column=input_column,
-        response_column=response_column,
-        source_column=source_column,
-        id_column=id_column,
-    )
+    named = {
+        "prompt_column": prompt_column,
+        "input_column": input_column,
+        "response_column": response_column,
+        "source_column": source_column,
+        "id_column": id_column,
+    }
+    if like is not None:
+        named = _columns_like(raw, like, named)
+    schema = resolve_schema(raw, **named)
+    if like is not None:  # the columns were named after like's, which its kind describes
+        schema["kind"] = like["kind"]
     columns, problems = normalise(raw, schema)
 
-    if problems and on_invalid == "error":
+    if problems and on_invalid != "skip":
         first = problems[0]
         id_part = f" (id={first['id']})" if schema["id"] is not None and first["id"] else ""
         count = len(problems)
         plural = "example" if count == 1 else "examples"
-        raise S2LError(
-            f"{first['where']}{id_part}: {first['problem']} ({count} invalid {plural} in total; "
-            "fix them, or pass on_invalid='skip' / --skip-invalid to drop them)"
+        raise InvalidExamplesError(
+            f"{first['where']}{id_part}: {first['problem']} ({count} invalid {plural} in total",
+            skippable=on_invalid is not None,
         )
     if problems:
         first = problems[0]
@@ -204,6 +214,63 @@ def load_pool(
         input_columns=list(raw.columns),
         extra=extra,
     )
+
+
+#: The schema's keys that name an input column, and the ``load_pool`` option naming each.
+_COLUMN_OPTIONS = {
+    "prompt": "prompt_column",
+    "input": "input_column",
+    "response": "response_column",
+    "source": "source_column",
+    "id": "id_column",
+}
+
+
+def _columns_like(raw, like: dict, named: dict[str, str | None]) -> dict[str, str | None]:
+    """The ``*_column`` options that read ``raw`` with the columns of the schema ``like``.
+
+    A chat schema is found again by its ``messages`` column; a text one is named column by
+    column (an ``input`` column only where the input has it: it is optional per record).
+
+    Raises:
+        S2LError: an option names another column than ``like`` does, or ``raw`` lacks one of
+            ``like``'s columns; the message names the input, ``like``'s schema and the columns
+            found.
+    """
+    chat = like.get("kind") == "messages"
+    columns = {key: like.get(key) for key in _COLUMN_OPTIONS}
+    shown = [f"{key} {name!r}" for key, name in columns.items() if name]
+    if chat:
+        shown = [f"chat {columns['prompt']!r}"] + shown[2:]
+    say = (
+        f"is read with the columns of the pool it joins, {like.get('kind')} "
+        f"({', '.join(shown)}), so that the pool keeps one schema"
+    )
+    for key, option in _COLUMN_OPTIONS.items():
+        given = named.get(option)
+        if given is not None and given != columns[key]:
+            flag = "--" + option.replace("_", "-")
+            instead = (
+                f"rename the column {given!r} to {columns[key]!r} in the file instead"
+                if columns[key]
+                else f"that pool has no {key} column"
+            )
+            raise S2LError(f"{raw.label}: {flag} {given}: this input {say}; {instead}")
+    needed = ["messages"] if chat else [columns["prompt"], columns["response"]]
+    needed += [name for name in (columns["source"], columns["id"]) if name]
+    missing = [name for name in dict.fromkeys(needed) if name not in raw.columns]
+    if missing:
+        raise S2LError(
+            f"{raw.label}: has no column {', '.join(map(repr, missing))} (its columns: "
+            f"{', '.join(raw.columns)}); this input {say}: rename its columns to those"
+        )
+    options = {option: None for option in _COLUMN_OPTIONS.values()}
+    if not chat:  # naming the chat column as prompt/response would turn the chat schema off
+        options.update(prompt_column=columns["prompt"], response_column=columns["response"])
+        if columns["input"] in raw.columns:
+            options["input_column"] = columns["input"]
+    options.update(source_column=columns["source"], id_column=columns["id"])
+    return options
 
 
 def save_pool(pool: Pool, run_dir: RunDir) -> None:

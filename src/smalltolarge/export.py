@@ -17,6 +17,11 @@ Every original column of the subset is kept on each record, except the columns t
 own fields were built from (the prompt, input and response columns, or the chat column): an
 ``id``, a ``source`` or any metadata column travels with the example. An original column whose
 name a format field takes is kept as ``original_NAME``.
+
+``export.json`` beside the data file (:data:`EXPORT_META`) records, per data file, the
+selection it came from and that selection's fingerprint; :func:`check_export` refuses a file
+whose selection was replaced since (``s2l finetune`` calls it), rather than train on ids the
+selection no longer has.
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ from smalltolarge.errors import S2LError
 from smalltolarge.runs import atomic_write_json, atomic_write_text, read_json
 
 FORMATS = ("llama-factory", "axolotl", "messages", "alpaca")
+
+#: Beside the exported files: ``{data file name: {"selection", "selection_fingerprint",
+#: "format", "n"}}``, one entry per export written to the directory.
+EXPORT_META = "export.json"
 
 
 @dataclass
@@ -74,7 +83,8 @@ def export_selection(
     subset_path, options = resolve_train_data(selection_dir)
     pool = load_pool(subset_path, **options)
     records = _records(Path(subset_path))
-    name = _safe_name(name or read_json(selection_dir / "summary.json").get("name", "subset"))
+    summary = read_json(selection_dir / "summary.json")
+    name = _safe_name(name or summary.get("name", "subset"))
     out = Path(out_dir) if out_dir is not None else selection_dir / "export" / fmt
 
     chat = pool.schema["kind"] == "messages"
@@ -111,7 +121,48 @@ def export_selection(
         files.append(_write_dataset_info(out, name, data_file.name, chat))
     elif fmt == "axolotl":
         files.append(_write_axolotl_yaml(out, name, data_file, chat))
+    meta_path = out / EXPORT_META
+    meta = read_json(meta_path) if meta_path.is_file() else {}
+    meta[data_file.name] = {
+        "selection": str(selection_dir.resolve()),
+        "selection_fingerprint": summary.get("fingerprint"),
+        "format": fmt,
+        "n": len(data),
+    }
+    atomic_write_json(meta_path, meta)
     return Export(format=fmt, files=files, n=len(data))
+
+
+def check_export(path: str | os.PathLike) -> None:
+    """Refuse an exported data file whose selection was replaced since it was exported.
+
+    ``path`` is any file; one named in an :data:`EXPORT_META` beside it is checked against its
+    selection's ``summary.json``: a selection that still exists with another fingerprint was
+    replaced (``s2l select --force``), and the file holds ids it no longer has. Anything else
+    (no record, a selection moved or deleted) passes: there is nothing to compare with.
+
+    Raises:
+        S2LError: naming the file, its selection, the fingerprints then and now, and the
+            export command that writes it again.
+    """
+    path = Path(path)
+    meta_path = path.parent / EXPORT_META
+    if not path.is_file() or not meta_path.is_file():
+        return
+    entry = read_json(meta_path).get(path.name)
+    if not entry:
+        return
+    selection = Path(entry["selection"])
+    if not (selection / "summary.json").is_file():
+        return
+    now = read_json(selection / "summary.json").get("fingerprint")
+    if now != entry.get("selection_fingerprint"):
+        raise S2LError(
+            f"{path}: exported from the selection {selection} (fingerprint "
+            f"{entry.get('selection_fingerprint')}), which was replaced since (fingerprint {now}); "
+            f"export it again: `s2l export {selection} --format {entry.get('format')} -o "
+            f"{path.parent}`"
+        )
 
 
 def _alpaca(ex: dict[str, Any]) -> dict[str, Any]:

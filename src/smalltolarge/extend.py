@@ -103,7 +103,9 @@ def extend_run(
     Args:
         run_dir: a run whose proxy kept its checkpoints and whose trajectories are scored.
         new_pool: a pool file or dataset, read by :func:`~smalltolarge.data.load_pool` with
-            ``pool_options`` (``prompt_column``, ``id_column``, ``on_invalid``, ...).
+            the run's schema (its column names: the grown pool and its subsets keep one
+            schema; a file without them is refused, naming them) and ``pool_options``
+            (``on_invalid``, ``split``; a ``*_column`` may only name the run's own column).
         selection: the S2L selection to extend (a name under ``RUN/selections``); default: the
             latest one made on the run's current trajectories, none if there is none.
         budget: a fraction of the grown pool or a count; default: the selection's budget as it
@@ -120,7 +122,8 @@ def extend_run(
     scoring ends, so a refused or interrupted extension leaves the run as it was.
 
     Raises:
-        S2LError: a new id is already in the pool, the proxy kept no checkpoints, the selection
+        S2LError: the new examples are not in the run's schema, a new id is already in the
+            pool, the proxy kept no checkpoints, the selection
             is not an S2L selection of these trajectories, the budget would drop previously
             selected examples, or no new example fits ``max_length``.
     """
@@ -139,7 +142,7 @@ def extend_run(
     with warnings.catch_warnings():
         if progress:  # the line below says it
             warnings.filterwarnings("ignore", r".*skipped \d+ invalid", UserWarning)
-        added = load_pool(new_pool, **pool_options)
+        added = load_pool(new_pool, like=base.schema, **pool_options)
     _refuse_known_ids(base, added, new_pool)
     new_tok = tokenise_pool(
         added, tokenizer, template=tokenised.template, max_length=tokenised.max_length
@@ -154,6 +157,7 @@ def extend_run(
     plan = None
     if previous is not None:
         plan = _plan(previous, budget, seed, len(base) + len(added), len(tokenised) + len(new_tok))
+        plan["out"] = _extension_dir(run, previous["name"], name)
     elif budget is not None or seed is not None:
         raise S2LError(
             f"{run.selections_dir}: no S2L selection of the current trajectories to extend, so "
@@ -187,7 +191,10 @@ def extend_run(
                           record["forward_rows"], seconds, new_tok.excluded)  # fmt: skip
     if plan is not None:
         result.selection = _reselect(run, plan, name, record)
+        # by name and fingerprint: a complete selection is never replaced in place (`s2l
+        # select` refuses without --force), and a replaced one no longer has this fingerprint
         record["selection"] = result.selection.directory.name
+        record["selection_fingerprint"] = result.selection.summary["fingerprint"]
         say(
             f"extend: selection {result.selection.directory.name}: "
             f"{result.selection.summary['n_selected']} examples, all {len(previous['ids'])} of "
@@ -249,6 +256,21 @@ def _extendable(directory: Path, traj: Trajectories) -> str | None:
             "--target-set` again on the grown run"
         )
     return None
+
+
+def _extension_dir(run: RunDir, previous: str, extension: str) -> Path:
+    """``selections/<name>-<extension>``, the extended selection's directory (``<name>``
+    without an ``-extN`` of its own), checked before anything is scored: an extension never
+    writes over a complete selection (an earlier extension's, when the pool was prepared
+    again since, or one of the user's), since what was derived from it would no longer agree.
+    """
+    out = run.selection_dir(re.sub(r"-ext\d+$", "", previous) + f"-{extension}")
+    if (out / "summary.json").is_file():
+        raise S2LError(
+            f"{out} holds a complete selection, and an extension never replaces one; move it "
+            "away (or remove it) and extend again"
+        )
+    return out
 
 
 def _refuse_known_ids(base: Pool, added: Pool, where: str | os.PathLike) -> None:
@@ -423,11 +445,11 @@ def _reselect(run: RunDir, plan: dict, extension: str, record: dict) -> Selectio
     selector = _GrownClustering()
     selector.labels_, selector.previous_, selector.warnings_ = labels, summary, []
     selector.taken_ = np.bincount(labels[picked], minlength=labels.max() + 1)
-    name = re.sub(r"-ext\d+$", "", plan["name"]) + f"-{extension}"
     budget, seed = plan["budget"], plan["seed"]
     recorded = {**(summary.get("selection_settings") or {}), "budget": budget_label(budget)}
+    recorded.pop("nested", None)  # one selection now, not one of a nested set
     return write_selection(
-        run.selection_dir(name),
+        plan["out"],
         inputs,
         selector,
         picked,
@@ -443,6 +465,7 @@ def _reselect(run: RunDir, plan: dict, extension: str, record: dict) -> Selectio
             "settings": settings,
             "extended_from": {
                 "selection": plan["name"],
+                "fingerprint": summary.get("fingerprint"),
                 "extension": extension,
                 "kept": int(old.sum()),
                 "new_examples_selected": int((picked >= n_old).sum()),

@@ -254,11 +254,16 @@ def resolve_train_data(train_data: str | os.PathLike) -> tuple[str, dict[str, An
     A selection directory (one with a ``summary.json`` naming its ``subset_file``) gives its
     subset file, plus the column names its run's ``pool.json`` was loaded with, because the
     subset keeps the input's own columns and a pool prepared with ``--prompt-column`` would
-    not be recognised again without them. Anything else is passed to ``load_pool`` as it is.
+    not be recognised again without them. Anything else is passed to ``load_pool`` as it is,
+    but a file ``s2l export`` wrote from a selection that was replaced since is refused (see
+    :func:`~smalltolarge.export.check_export`).
     """
     path = Path(train_data)
     summary_path = path / "summary.json"
     if not path.is_dir():
+        from smalltolarge.export import check_export
+
+        check_export(path)  # an export of a selection replaced since is refused
         return os.fspath(train_data), {}
     if not summary_path.is_file():
         if (path / "ids.txt").is_file():

@@ -1,8 +1,8 @@
 """A self-contained HTML report of one selection: what the method picked, and why.
 
 ``write_report(RUN, selection=NAME)`` writes ``RUN/selections/NAME/report/`` with
-``report.html`` (every image embedded as a base64 ``data:`` URI, no script, no network) and the
-PNGs it shows:
+``report.html`` (every image embedded as a base64 ``data:`` URI, no script, no network),
+``report.json`` (the selection's name and fingerprint) and the PNGs it shows:
 
 - ``cluster_curves.png``: each cluster's mean loss over the checkpoints with a +-1 std band;
   line width and opacity grow with the cluster's size, colour is the share of it taken;
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from smalltolarge.errors import S2LError
-from smalltolarge.runs import RunDir, atomic_dir, atomic_write_text, read_json
+from smalltolarge.runs import RunDir, atomic_dir, atomic_write_json, atomic_write_text, read_json
 
 #: Prompts and responses are cut to this many characters on the page.
 SNIPPET_CHARS = 280
@@ -73,6 +73,11 @@ def write_report(run_dir: str | os.PathLike | RunDir, selection: str | None = No
             if draw(data, tmp / name):
                 images[name] = tmp / name
         atomic_write_text(tmp / "report.html", _page(data, images))
+        # what the page shows, so that it can be told from a report of another selection
+        atomic_write_json(
+            tmp / "report.json",
+            {"selection": sel_dir.name, "selection_fingerprint": data.summary.get("fingerprint")},
+        )
     return out / "report.html"
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,7 +34,7 @@ import numpy as np
 from smalltolarge.errors import S2LError
 from smalltolarge.runs import RunDir, fingerprint
 from smalltolarge.selection.stratified import Stratified
-from smalltolarge.settings import SelectSettings
+from smalltolarge.settings import SelectSettings, budget_label
 
 if TYPE_CHECKING:
     from smalltolarge.subset import SelectionResult
@@ -101,6 +102,7 @@ def select_nested(
     outlier_max_size: int = 0,
     stratify_by: str | None = SelectSettings.stratify_by,
     name: str | None = None,
+    force: bool = False,
 ) -> list[SelectionResult]:
     """Write one S2L selection per budget from a single clustering, nested, with ``order.txt``.
 
@@ -112,11 +114,22 @@ def select_nested(
     ``-stratified`` per source). Returns the
     :class:`~smalltolarge.subset.SelectionResult` of each budget, in the order given.
 
+    As for :func:`~smalltolarge.subset.select_subset`, a complete selection made from the same
+    inputs and settings is reused, and one made otherwise is never replaced in place: it is
+    refused, before anything is clustered, unless ``force``.
+
     Raises:
-        S2LError: fewer than one budget, or a budget the pool cannot supply.
+        S2LError: fewer than one budget, a budget the pool cannot supply, or a complete
+            selection in the way (:class:`~smalltolarge.subset.SelectionExistsError`).
     """
     from smalltolarge.selection import resolve_budget
-    from smalltolarge.subset import make_pool_selector, run_inputs, write_selection
+    from smalltolarge.subset import (
+        complete_selection,
+        make_pool_selector,
+        recorded_settings,
+        run_inputs,
+        write_selection,
+    )
 
     if not budgets:
         raise S2LError("nested selection needs at least one budget")
@@ -131,20 +144,43 @@ def select_nested(
         stratify_by=stratify_by,
         settings={"outlier_max_size": outlier_max_size},
     )
+    stratified = isinstance(selector, Stratified)
+    described = selector.settings()
+    fp = fingerprint(inputs.fingerprint, "s2l-nested", str(described), sorted(counts), seed)
+    prefix = name or f"s2l-nested{'-stratified' if stratified else ''}-seed{seed}"
+    outs = [run.selection_dir(f"{prefix}-{budget}") for budget in budgets]
+    # each budget's settings, and the budgets together: they make the clustering and the ranking
+    nested_budgets = ",".join(budget_label(b) for b in budgets)
+    recorded = {
+        out: {
+            **recorded_settings("s2l", None, described, budget, seed),
+            "nested": nested_budgets,
+        }
+        for out, budget in zip(outs, budgets, strict=True)
+    }
+    kept: dict[Path, SelectionResult] = {}
+    if not force:  # every directory checked before anything is clustered or written
+        now = {"pool": pool.fingerprint, "trajectories": inputs.fingerprint, "probe": None}
+        for out in outs:
+            complete = complete_selection(out, fp, now, recorded[out])
+            if complete is not None:
+                kept[out] = complete
+    if len(kept) == len(outs):
+        return [kept[out] for out in outs]
+
     selector.select(signals, max(counts), seed)  # fits the clustering: labels_, sizes
     labels = selector.labels_
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
-    stratified = isinstance(selector, Stratified)
     if stratified:
         order = _per_source_order(selector, signals.n, rng, outlier_max_size)
     else:
         order = nested_order(labels, rng, outlier_max_size=outlier_max_size)
     ranked_ids = "".join(f"{i}\n" for i in signals.ids[order])
-    described = selector.settings()
-    fp = fingerprint(inputs.fingerprint, "s2l-nested", str(described), sorted(counts), seed)
-    prefix = name or f"s2l-nested{'-stratified' if stratified else ''}-seed{seed}"
     results = []
-    for budget, count in zip(budgets, counts, strict=True):
+    for budget, count, out in zip(budgets, counts, outs, strict=True):
+        if out in kept:  # made from the same inputs and settings: the same selection
+            results.append(kept[out])
+            continue
         picked = np.sort(order[:count])
         # one clustering serves every budget: only what is taken from each cluster differs
         if stratified:
@@ -153,12 +189,12 @@ def select_nested(
             selector.cluster_taken_ = np.bincount(labels[picked], minlength=selector.n_clusters_)
         record = {
             "fingerprint": fp,
+            "selection_settings": recorded[out],
             "method": "s2l",
             "nested": {"budgets": [str(b) for b in budgets], "counts": counts, "order": ORDER_FILE},
             "preset": "default",
             "settings": described,
         }
-        out = run.selection_dir(f"{prefix}-{budget}")
         results.append(
             write_selection(
                 out,

@@ -2,8 +2,9 @@
 
 Every stage reads and writes its artifact in the run directory and is skipped when what is on
 disk was made from the same inputs and settings (fingerprints), so re-running with a changed
-budget only redoes the selection, and a changed learning rate redoes training, scoring and
-selection but not tokenisation.
+budget only makes that selection, and a changed learning rate redoes training and scoring but
+not tokenisation. A complete selection is never replaced in place: after a change of its
+inputs, :func:`~smalltolarge.subset.select_subset` refuses it (another ``name``, or ``force``).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def run_pipeline(
 
     Every setting is checked before the pool is prepared, and the budget and ``stratify_by``
     against the prepared pool before any training starts. ``force`` re-trains the proxy
-    (re-recording the trajectories) and redoes the selection even when they are up to date.
+    (re-recording the trajectories) and redoes the selection even when they are up to date,
+    replacing a complete selection of the same name and what was derived from it.
     ``score_precision`` is the precision of scoring (default: ``precision``);
     ``preset="reference"`` applies the public reference code's settings at every stage (see
     :mod:`smalltolarge.presets`).

@@ -11,6 +11,15 @@ from rich.table import Table
 def print_selection_summary(summary: dict[str, Any], console: Console | None = None) -> None:
     """Print a selection's summary: per-source counts in pool vs subset, and cluster sizes."""
     console = console or _console()
+    replaced = summary.get("replaced")
+    if replaced:
+        removed = ", ".join(replaced.get("removed") or [])
+        console.print(  # a fact of this selection, true whenever its summary is shown
+            f"this selection replaced (--force) the one made here before "
+            f"({replaced.get('n_selected')} examples, fingerprint {replaced.get('fingerprint')})"
+            + (f", and removed what was derived from that one: {removed}" if removed else ""),
+            soft_wrap=True,
+        )
     n_sel, n_pool = summary["n_selected"], summary["n_pool"]
     console.print(
         f"[bold]{summary.get('name', summary.get('method'))}[/bold]: selected {n_sel} of "

@@ -226,6 +226,30 @@ def list_checkpoints(proxy_dir: str | Path) -> list[tuple[int, Path]]:
     return found
 
 
+def recorded_checkpoints(run_dir: RunDir, proxy_meta: dict[str, Any]) -> list[tuple[int, Path]]:
+    """``[(step, path), ...]`` of every checkpoint ``proxy.json`` records (``checkpoint_steps``),
+    in step order, each checked to be on disk: scoring only the ones left would write
+    trajectories with a column fewer, and nothing downstream could tell.
+
+    Raises:
+        S2LError: a recorded checkpoint is missing (its step and path are named).
+    """
+    steps = proxy_meta.get("checkpoint_steps")
+    if steps is None:  # a proxy.json from before the steps were recorded: what is on disk
+        return list_checkpoints(run_dir.proxy_dir)
+    kept = dict(step_dirs(run_dir.proxy_dir, "step-"))
+    missing = [int(s) for s in steps if int(s) not in kept]
+    if missing:
+        named = ", ".join(f"step {s} ({run_dir.proxy_dir / f'step-{s:08d}'})" for s in missing)
+        raise S2LError(
+            f"{run_dir.proxy_meta} records {len(steps)} checkpoints, but {len(missing)} of them "
+            f"are missing: {named}; scoring the others would leave the trajectories a column "
+            "short. Restore it, or re-train the proxy (`s2l train-proxy --force`), then "
+            "`s2l score`"
+        )
+    return [(int(s), kept[int(s)]) for s in sorted(steps)]
+
+
 def step_dirs(parent: str | Path, prefix: str) -> list[tuple[int, Path]]:
     """``[(step, path), ...]`` of the subdirectories of ``parent`` named ``PREFIX<step>``
     (``step-00000500``, ``checkpoint-500``), in step order; none when ``parent`` is missing."""

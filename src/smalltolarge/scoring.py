@@ -25,7 +25,13 @@ from smalltolarge.models import (
 from smalltolarge.presets import apply_preset
 from smalltolarge.progress import quiet_libraries_unless_progress
 from smalltolarge.recording import TrajectoryRecorder, trajectory_fingerprint
-from smalltolarge.runs import RunDir, list_checkpoints, read_proxy_meta, stage_is_current
+from smalltolarge.runs import (
+    RunDir,
+    read_proxy_meta,
+    recorded_checkpoints,
+    stage_is_current,
+    step_dirs,
+)
 from smalltolarge.settings import ScoreSettings
 from smalltolarge.trajectories import Trajectories, check_proxy_matches
 
@@ -45,7 +51,8 @@ def score_trajectories(
 ) -> Trajectories:
     """Score every scorable example of ``run_dir`` at every saved proxy checkpoint.
 
-    Reads ``tokenised/`` and ``proxy/step-*``; writes ``trajectories/`` (see
+    Reads ``tokenised/`` and the checkpoints ``proxy/proxy.json`` records (``proxy/step-*``;
+    one missing is refused before anything is scored, naming it); writes ``trajectories/`` (see
     :mod:`smalltolarge.trajectories`), including ``embeddings.npy`` (the mean-pooled last
     hidden state at the final checkpoint, for embedding-based baselines) unless
     ``embeddings=False``. Resumable and multi-process, see the module docstring. Skipped when
@@ -74,7 +81,13 @@ def score_trajectories(
             f"{run_dir.root}: the proxy was trained without saving checkpoints (its trajectories "
             "were recorded during training); re-train with --save-checkpoints to re-score"
         )
-    checkpoints = list_checkpoints(run_dir.proxy_dir)
+    checkpoints = recorded_checkpoints(run_dir, proxy_meta)
+    unrecorded = sorted(set(step_dirs(run_dir.proxy_dir, "step-")) - set(checkpoints))
+    if unrecorded and progress:
+        print(
+            f"scoring: {', '.join(str(path) for _, path in unrecorded)} not among the "
+            f"checkpoints {run_dir.proxy_meta} records; not scored"
+        )
     recorder = TrajectoryRecorder(
         run_dir,
         tok_pool,

@@ -5,6 +5,12 @@ Reads the run's pool, tokenised pool and trajectories; writes
 format (``subset.jsonl``, ``subset.parquet``, ...) and ``summary.json`` (written last: it marks
 the selection complete). The same inputs, method, budget and seed give the same ids, bit for
 bit; a selection whose summary records the same fingerprint is reused.
+
+A complete selection is never replaced in place: other settings or other inputs (a pool grown
+by ``s2l extend``, trajectories scored again) under the same name are refused, saying what
+changed, unless ``force``; then the whole directory is replaced in one step, so that what was
+derived from the old selection inside it (``export/``, ``report/``) goes with it. Derived
+outputs record the fingerprint of the selection they came from (``selection_fingerprint``).
 """
 
 from __future__ import annotations
@@ -24,10 +30,12 @@ from smalltolarge.data import Pool, load_pool, load_saved_pool, write_subset
 from smalltolarge.dedup import count_duplicates
 from smalltolarge.errors import S2LError
 from smalltolarge.formatting import load_tokenised
+from smalltolarge.nested import ORDER_FILE
 from smalltolarge.presets import apply_preset
 from smalltolarge.probe import load_probe, proxy_fit, proxy_fit_warnings
 from smalltolarge.runs import (
     RunDir,
+    atomic_dir,
     atomic_open,
     atomic_write_json,
     atomic_write_text,
@@ -49,6 +57,10 @@ from smalltolarge.trajectories import align_to_pool, import_trajectories, load_r
 
 #: Per-example cluster labels of a selection (``id``, ``cluster``), next to ``ids.txt``.
 CLUSTERS_FILE = "clusters.parquet"
+
+#: The files a selection writes itself (besides its subset, ``subset.*``); anything else in a
+#: selection directory was derived from it (``export/``, ``report/``).
+SELECTION_FILES = ("ids.txt", "summary.json", CLUSTERS_FILE, ORDER_FILE)
 
 
 @dataclass
@@ -163,18 +175,12 @@ def select_subset(
     probe_fp = inputs.notes.get("probe", {}).get("fingerprint") if reads_probe else None
     parts = [inputs.fingerprint, method, str(described), n_budget, seed, stratify]
     fp = fingerprint(*parts, *([probe_fp] if reads_probe else []))
-    recorded = _recorded_settings(method, preset, described, budget, seed)
-    if not force and (out / "summary.json").is_file():
-        summary = read_json(out / "summary.json")
-        if summary.get("fingerprint") == fp:
-            return SelectionResult(
-                ids=(out / "ids.txt").read_text().splitlines(),
-                directory=out,
-                subset_path=out / summary["subset_file"],
-                summary=summary,
-                reused=True,
-            )
-        _refuse_other_settings(out, summary.get("selection_settings"), recorded)
+    recorded = recorded_settings(method, preset, described, budget, seed)
+    if not force:
+        now = {"pool": the_pool.fingerprint, "trajectories": inputs.fingerprint, "probe": probe_fp}
+        complete = complete_selection(out, fp, now, recorded)
+        if complete is not None:
+            return complete
 
     picked = selector.select(signals, n_budget, seed)
     rounded = _budget_rounding_note(budget, len(the_pool), n_budget)
@@ -196,6 +202,82 @@ def select_subset(
     )
 
 
+def complete_selection(
+    out: Path, fp: str, now: dict[str, str | None], recorded: dict[str, Any] | None = None
+) -> SelectionResult | None:
+    """The complete selection in ``out`` when it was made from the same inputs and settings
+    (its summary records the fingerprint ``fp``), to be reused; None when ``out`` holds no
+    complete selection.
+
+    Raises:
+        SelectionExistsError: ``out`` holds a complete selection made with other settings than
+            ``recorded`` (the settings that differ are named) or on other inputs than ``now``
+            (``pool``, ``trajectories`` and, for a method that reads it, ``probe``
+            fingerprints; those that changed are named, then and now).
+    """
+    if not (out / "summary.json").is_file():
+        return None
+    summary = read_json(out / "summary.json")
+    if summary.get("fingerprint") == fp:
+        return SelectionResult(
+            ids=(out / "ids.txt").read_text().splitlines(),
+            directory=out,
+            subset_path=out / summary["subset_file"],
+            summary=summary,
+            reused=True,
+        )
+    if recorded is not None:
+        _refuse_other_settings(out, summary.get("selection_settings"), recorded)
+    then = {
+        "pool": summary.get("pool_fingerprint"),
+        "trajectories": summary.get("trajectories_fingerprint"),
+        "probe": (summary.get("probe") or {}).get("fingerprint"),
+    }
+    changed = [
+        f"{what} fingerprint {then[what]} then, {now[what]} now"
+        for what in ("pool", "trajectories", "probe")
+        if now.get(what) is not None and then[what] is not None and then[what] != now[what]
+    ] or [f"fingerprint {summary.get('fingerprint')} then, {fp} now"]
+    derived = derived_outputs(out)
+    raise SelectionExistsError(
+        out,
+        "made with these settings on other inputs (" + "; ".join(changed) + ")",
+        derived,
+    )
+
+
+def derived_outputs(directory: Path) -> list[str]:
+    """The entries of a selection directory that the selection did not write itself but were
+    derived from it (``export/``, ``report/``, ...: a directory's name ends with ``/``), sorted."""
+    return sorted(
+        p.name + ("/" if p.is_dir() else "")
+        for p in directory.iterdir()
+        if p.name not in SELECTION_FILES
+        and not p.name.startswith(("subset", "."))  # its subset; temporary files
+    )
+
+
+class SelectionExistsError(S2LError):
+    """A complete selection is in the way: never replaced in place without ``force``.
+
+    ``directory`` is the selection; ``why`` what makes it another selection (other settings,
+    other inputs); ``derived`` what was derived from it inside its directory (``export/``,
+    ``report/``), which ``--force`` removes with it. The message says how to keep it (a new
+    ``--name``) or replace it (``--force``).
+    """
+
+    def __init__(self, directory: Path, why: str, derived: Sequence[str] = ()):
+        self.directory, self.why, self.derived = directory, why, list(derived)
+        also = f" and remove what was derived from it ({', '.join(derived)})" if derived else ""
+        super().__init__(
+            f"{directory} holds a complete selection {why}; a selection is never replaced in "
+            "place, so that its ids, subset and what was derived from it agree: to keep it, "
+            f"make a new selection beside it (`s2l select --run-dir "
+            f"{directory.parent.parent}` with the same options and --name NEW_NAME); to "
+            f"replace it{also}, pass --force"
+        )
+
+
 def write_selection(
     out: Path,
     inputs: SelectionInputs,
@@ -214,6 +296,10 @@ def write_selection(
     (name -> content), :data:`CLUSTERS_FILE` for a clustering method, and ``summary.json``
     last: the pool and selection counts, ``selector.summary_()``, trajectory diagnostics, then
     ``inputs.notes``, ``record`` (fingerprint, method, settings, ...) and where things are.
+    The directory is built under a temporary name and replaces ``out`` as a whole: whatever
+    ``out`` held (a selection the caller chose to replace, and what was derived from it) goes
+    in the same step, and a write that fails leaves ``out`` as it was. The summary's
+    ``replaced`` entry names the complete selection replaced and what went with it.
 
     Args:
         out: the selection directory.
@@ -230,24 +316,40 @@ def write_selection(
     pool_rows = np.asarray(pool.dataset["row"], dtype=np.int64)[selected_pool_index]
     ids = [str(i) for i in np.asarray(pool.dataset["id"], dtype=object)[selected_pool_index]]
 
-    (out / "summary.json").unlink(missing_ok=True)
-    subset_path = write_subset(pool, pool_rows, out)
-    atomic_write_text(out / "ids.txt", "".join(f"{i}\n" for i in ids))
-    for file_name, text in (files or {}).items():
-        atomic_write_text(out / file_name, text)
-    _write_clusters(out / CLUSTERS_FILE, signals.ids, selector.labels_)
     summary = _summary(selector, signals, picked, pool, budget=budget, seed=seed)
     summary["warnings"][:0] = warnings
-    summary.update(
-        inputs.notes,
-        **record,
-        name=out.name,
-        subset_file=subset_path.name,
-        trajectories_fingerprint=inputs.fingerprint,
-        n_checkpoints=int(signals.losses.shape[1]),
-    )
-    atomic_write_json(out / "summary.json", summary)
-    return SelectionResult(ids=ids, directory=out, subset_path=subset_path, summary=summary)
+    replaced = _replaced(out)
+    with atomic_dir(out) as tmp:
+        subset_name = write_subset(pool, pool_rows, tmp).name
+        atomic_write_text(tmp / "ids.txt", "".join(f"{i}\n" for i in ids))
+        for file_name, text in (files or {}).items():
+            atomic_write_text(tmp / file_name, text)
+        _write_clusters(tmp / CLUSTERS_FILE, signals.ids, selector.labels_)
+        summary.update(
+            inputs.notes,
+            **record,
+            name=out.name,
+            subset_file=subset_name,
+            pool_fingerprint=pool.fingerprint,
+            trajectories_fingerprint=inputs.fingerprint,
+            n_checkpoints=int(signals.losses.shape[1]),
+            **({"replaced": replaced} if replaced else {}),
+        )
+        atomic_write_json(tmp / "summary.json", summary)
+    return SelectionResult(ids=ids, directory=out, subset_path=out / subset_name, summary=summary)
+
+
+def _replaced(out: Path) -> dict[str, Any] | None:
+    """What :func:`write_selection` is about to replace in ``out``: the complete selection's
+    fingerprint and size, and what was derived from it; None when there is none."""
+    if not (out / "summary.json").is_file():
+        return None
+    old = read_json(out / "summary.json")
+    return {
+        "fingerprint": old.get("fingerprint"),
+        "n_selected": old.get("n_selected"),
+        "removed": derived_outputs(out),
+    }
 
 
 def make_pool_selector(
@@ -309,7 +411,7 @@ def _default_name(
     return f"{method}{mode}{strat}-{budget_label(budget)}{extra}-seed{seed}"
 
 
-def _recorded_settings(
+def recorded_settings(
     method: str, preset: str | None, described: dict[str, Any], budget, seed: int
 ) -> dict[str, Any]:
     """The settings that make a selection what it is, JSON-normal so that they compare equal
@@ -330,13 +432,13 @@ def _recorded_settings(
 
 def _refuse_other_settings(out: Path, theirs: dict[str, Any] | None, ours: dict[str, Any]) -> None:
     """A selection directory holding a selection made with other settings is never replaced
-    silently (new inputs with the same settings are redone: that is what the cache is for)."""
+    silently (nor one made on other inputs: see :func:`complete_selection`)."""
     if theirs is None or theirs == ours:
         return
     differ = [
-        f"{key} {theirs.get(key)!r} there, {ours[key]!r} now"
-        for key in ours
-        if key != "settings" and theirs.get(key) != ours[key]
+        f"{key} {theirs.get(key)!r} there, {ours.get(key)!r} now"
+        for key in dict.fromkeys([*ours, *theirs])
+        if key != "settings" and theirs.get(key) != ours.get(key)
     ]
     ours_s, theirs_s = ours["settings"], theirs.get("settings") or {}
     if theirs.get("method") == ours["method"]:  # another method's settings say nothing
@@ -345,9 +447,8 @@ def _refuse_other_settings(out: Path, theirs: dict[str, Any] | None, ours: dict[
             for key in sorted(set(ours_s) | set(theirs_s))
             if theirs_s.get(key) != ours_s.get(key)
         ]
-    raise S2LError(
-        f"{out} holds a selection made with other settings ({'; '.join(differ)}); pass --force "
-        "to replace it, or --name NAME to write this one elsewhere"
+    raise SelectionExistsError(
+        out, f"made with other settings ({'; '.join(differ)})", derived_outputs(out)
     )
 
 
@@ -487,9 +588,8 @@ def _summary(
 
 def _write_clusters(path: Path, ids: np.ndarray, labels: np.ndarray | None) -> None:
     """Write the cluster of every selectable example (columns ``id``, ``cluster``) as Parquet,
-    for reports; a method that does not cluster leaves no file (a stale one is removed)."""
+    for reports; a method that does not cluster leaves no file."""
     if labels is None:
-        path.unlink(missing_ok=True)
         return
     import pyarrow as pa
     import pyarrow.parquet as pq

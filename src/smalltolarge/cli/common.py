@@ -4,11 +4,14 @@ several commands print (a run's paths, a selection's report)."""
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+
+from smalltolarge.errors import InvalidExamplesError, S2LError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,13 +30,21 @@ app = typer.Typer(
 
 def command(name: str) -> Callable[[F], F]:
     """Register the decorated function as ``s2l NAME``. The libraries' own bars and logs are
-    silenced when the command runs, not before: ``--help`` imports no transformers."""
+    silenced when the command runs, not before: ``--help`` imports no transformers. Invalid
+    examples are reported with ``--skip-invalid`` as the way to drop them only by a command
+    that has that option, and only for the input it applies to."""
 
     def register(function: F) -> F:
+        has_skip = "skip_invalid" in inspect.signature(function).parameters
+
         @functools.wraps(function)
         def run(*args: Any, **kwargs: Any) -> Any:
             quiet_libraries()
-            return function(*args, **kwargs)
+            try:
+                return function(*args, **kwargs)
+            except InvalidExamplesError as e:
+                offered = "--skip-invalid" if has_skip and e.skippable else None
+                raise S2LError(e.worded(offered)) from None
 
         app.command(name)(run)
         return function

@@ -304,7 +304,7 @@ def select_cmd(
 
     if "," in budget:
         _select_nested(run_dir, method, budget, clusters, stratify_by, seed, name,
-                       trajectories, outlier_max_size, report)  # fmt: skip
+                       trajectories, outlier_max_size, report, force)  # fmt: skip
         return
     result = select_subset(
         run_dir,
@@ -539,7 +539,7 @@ def _check_dedup_threshold_given_alone(ctx: typer.Context, dedup: str | None) ->
 
 
 def _select_nested(
-    run_dir, method, budget, clusters, stratify_by, seed, name, trajectories, outlier, report
+    run_dir, method, budget, clusters, stratify_by, seed, name, trajectories, outlier, report, force
 ) -> None:
     from smalltolarge.nested import ORDER_FILE, select_nested
     from smalltolarge.report import print_paths, print_selection_summary
@@ -556,6 +556,7 @@ def _select_nested(
         outlier_max_size=outlier or 0,
         stratify_by=stratify_by,
         name=name,
+        force=force,
     )
     for result in results:
         print_selection_summary(result.summary)

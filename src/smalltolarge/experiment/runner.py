@@ -52,7 +52,7 @@ from smalltolarge.settings import (
     PrepareSettings,
     ProxySettings,
 )
-from smalltolarge.subset import select_subset
+from smalltolarge.subset import SelectionExistsError, select_subset
 
 __all__ = ["ExperimentResult", "check_no_overlap", "run_experiment"]
 
@@ -311,19 +311,26 @@ def _do_run(
             settings = dict(run.settings)
             # select_subset takes S2L's K as its own argument, not among the settings
             n_clusters = settings.pop("n_clusters", None)
-            train_data = select_subset(
-                run_dir,
-                method=run.selector,
-                budget=run.budget_value,
-                seed=run.seed,
-                n_clusters=n_clusters,
-                stratify_by=run.stratify_by,
-                settings=settings,
-                preset=run.preset,
-                target_set=run.target_set,
-                target_weight=run.target_weight,
-                name=run.name,
-            ).directory
+            try:
+                train_data = select_subset(
+                    run_dir,
+                    method=run.selector,
+                    budget=run.budget_value,
+                    seed=run.seed,
+                    n_clusters=n_clusters,
+                    stratify_by=run.stratify_by,
+                    settings=settings,
+                    preset=run.preset,
+                    target_set=run.target_set,
+                    target_weight=run.target_weight,
+                    name=run.name,
+                ).directory
+            except SelectionExistsError as e:  # `s2l experiment` has no --name or --force
+                raise S2LError(
+                    f"{e.directory} holds a complete selection {e.why}: the experiment's run "
+                    f"{run_dir.root} was made with other data or settings; use another out_dir, "
+                    f"or delete {e.directory} to select it again"
+                ) from None
         train_started = time.perf_counter()
         tuned = finetune(
             target["model"],
