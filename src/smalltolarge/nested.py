@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from smalltolarge.errors import S2LError
-from smalltolarge.runs import RunDir, fingerprint
+from smalltolarge.runs import RunDir, fingerprint, read_json
 from smalltolarge.selection.stratified import Stratified
 from smalltolarge.settings import SelectSettings
 
@@ -98,9 +99,11 @@ def select_nested(
     *,
     seed: int = SelectSettings.seed,
     n_clusters: int | None = SelectSettings.n_clusters,
-    outlier_max_size: int = 0,
+    outlier_max_size: int | None = None,
     stratify_by: str | None = SelectSettings.stratify_by,
     name: str | None = None,
+    preset: str | None = None,
+    force: bool = False,
 ) -> list[SelectionResult]:
     """Write one S2L selection per budget from a single clustering, nested, with ``order.txt``.
 
@@ -108,15 +111,29 @@ def select_nested(
     clustering is S2L's for the largest. With ``stratify_by`` (per source, as the reference
     code selects), each source is clustered and ranked alone and the sources are interleaved
     so that every prefix splits over the sources by water-filling, as the per-source selection
-    does. Selections are named ``NAME-BUDGET`` (default ``s2l-nested-seedSEED-BUDGET``, with
-    ``-stratified`` per source). Returns the
-    :class:`~smalltolarge.subset.SelectionResult` of each budget, in the order given.
+    does. ``outlier_max_size`` sets aside clusters of at most that many rows (None: 0, off);
+    ``preset="reference"`` selects per source with outliers of at most 2 rows, as
+    :func:`~smalltolarge.subset.select_subset` does. Selections are named ``NAME-BUDGET``
+    (default ``s2l-nested[-PRESET][-stratified]-seedSEED-BUDGET``). As for ``select_subset``,
+    selections already made from the same inputs and settings are reused unless ``force``, and
+    a directory holding a selection made with other settings is not replaced without
+    ``force``. Returns the :class:`~smalltolarge.subset.SelectionResult` of each budget, in the
+    order given.
 
     Raises:
-        S2LError: fewer than one budget, or a budget the pool cannot supply.
+        S2LError: fewer than one budget, a budget the pool cannot supply, a setting that
+            contradicts the preset, or a directory holding another selection (without
+            ``force``).
     """
+    from smalltolarge.presets import apply_preset
     from smalltolarge.selection import resolve_budget
-    from smalltolarge.subset import make_pool_selector, run_inputs, write_selection
+    from smalltolarge.subset import (
+        make_pool_selector,
+        recorded_settings,
+        refuse_other_settings,
+        run_inputs,
+        write_selection,
+    )
 
     if not budgets:
         raise S2LError("nested selection needs at least one budget")
@@ -130,21 +147,36 @@ def select_nested(
         n_clusters=n_clusters,
         stratify_by=stratify_by,
         settings={"outlier_max_size": outlier_max_size},
+        preset=preset,
     )
+    chosen = apply_preset(preset, outlier_max_size=(outlier_max_size, None))
+    outliers = chosen["outlier_max_size"] or 0
+    stratified = isinstance(selector, Stratified)
+    described = selector.settings()
+    fp = fingerprint(inputs.fingerprint, "s2l-nested", str(described), sorted(counts), seed)
+    mode = f"-{preset}" if preset not in (None, "default") else ""
+    prefix = name or f"s2l-nested{mode}{'-stratified' if stratified else ''}-seed{seed}"
+    outs = [run.selection_dir(f"{prefix}-{budget}") for budget in budgets]
+    summaries = [read_json(o / "summary.json") if (o / "summary.json").is_file() else None
+                 for o in outs]  # fmt: skip
+    if not force:
+        if all(s is not None and s.get("fingerprint") == fp for s in summaries):
+            return [_reused(o, s) for o, s in zip(outs, summaries, strict=True)]
+        for out, budget, summary in zip(outs, budgets, summaries, strict=True):
+            if summary is not None:
+                ours = recorded_settings("s2l", preset, described, budget, seed)
+                refuse_other_settings(out, summary.get("selection_settings"), ours)
+
     selector.select(signals, max(counts), seed)  # fits the clustering: labels_, sizes
     labels = selector.labels_
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
-    stratified = isinstance(selector, Stratified)
     if stratified:
-        order = _per_source_order(selector, signals.n, rng, outlier_max_size)
+        order = _per_source_order(selector, signals.n, rng, outliers)
     else:
-        order = nested_order(labels, rng, outlier_max_size=outlier_max_size)
+        order = nested_order(labels, rng, outlier_max_size=outliers)
     ranked_ids = "".join(f"{i}\n" for i in signals.ids[order])
-    described = selector.settings()
-    fp = fingerprint(inputs.fingerprint, "s2l-nested", str(described), sorted(counts), seed)
-    prefix = name or f"s2l-nested{'-stratified' if stratified else ''}-seed{seed}"
     results = []
-    for budget, count in zip(budgets, counts, strict=True):
+    for budget, count, out in zip(budgets, counts, outs, strict=True):
         picked = np.sort(order[:count])
         # one clustering serves every budget: only what is taken from each cluster differs
         if stratified:
@@ -153,12 +185,12 @@ def select_nested(
             selector.cluster_taken_ = np.bincount(labels[picked], minlength=selector.n_clusters_)
         record = {
             "fingerprint": fp,
+            "selection_settings": recorded_settings("s2l", preset, described, budget, seed),
             "method": "s2l",
             "nested": {"budgets": [str(b) for b in budgets], "counts": counts, "order": ORDER_FILE},
-            "preset": "default",
+            "preset": preset or "default",
             "settings": described,
         }
-        out = run.selection_dir(f"{prefix}-{budget}")
         results.append(
             write_selection(
                 out,
@@ -172,6 +204,14 @@ def select_nested(
             )
         )
     return results
+
+
+def _reused(out: Path, summary: dict) -> SelectionResult:
+    """The selection already in ``out``, made from the same inputs and settings."""
+    from smalltolarge.subset import SelectionResult
+
+    ids = (out / "ids.txt").read_text().splitlines()
+    return SelectionResult(ids, out, out / summary["subset_file"], summary, reused=True)
 
 
 def _per_source_order(

@@ -20,7 +20,12 @@ from smalltolarge.proxy import train_proxy
 from smalltolarge.runs import RunDir
 from smalltolarge.scoring import score_trajectories
 from smalltolarge.settings import PrepareSettings, ProxySettings, SelectSettings
-from smalltolarge.subset import SelectionResult, make_pool_selector, select_subset
+from smalltolarge.subset import (
+    SelectionResult,
+    check_target_set_use,
+    make_pool_selector,
+    select_subset,
+)
 from smalltolarge.trajectories import Trajectories
 
 
@@ -80,6 +85,9 @@ def run_pipeline(
     training = training.replace(score_precision=score_precision)
     rd = RunDir(run_dir)
     make_selector(selection.method, n_clusters=selection.n_clusters)  # before the pool is read
+    check_target_set_use(
+        selection.target_set, selection.method, selection.stratify_by, preset
+    )  # not after training
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     prepared = prepare(pool_path, rd, **data.as_dict(), preset=preset, progress=progress)

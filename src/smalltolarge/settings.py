@@ -53,6 +53,8 @@ DEFAULT_CHUNK_TOKENS = 1 << 20
 DEDUP_ON = ("prompt", "response", "both")
 #: The Jaccard similarity of character shingles from which two examples are near duplicates.
 DEFAULT_DEDUP_THRESHOLD = 0.8
+#: How far a target set moves S2L's cluster quotas toward its clusters, in [0, 1].
+DEFAULT_TARGET_WEIGHT = 0.5
 
 S = TypeVar("S", bound="StageSettings")
 
@@ -341,12 +343,17 @@ class SelectSettings(StageSettings):
     n_clusters: int | None = None
     stratify_by: str | None = None
     target_set: str | None = None
-    target_weight: float = 0.5
+    target_weight: float = DEFAULT_TARGET_WEIGHT
 
     def __post_init__(self) -> None:
         check_name("method", self.method)
         check_name("target_set", self.target_set, optional=True)
         check_in_range("target_weight", self.target_weight, 0.0, 1.0, closed="[]")
+        if self.target_set is None and self.target_weight != DEFAULT_TARGET_WEIGHT:
+            raise S2LError(
+                f"target_weight {self.target_weight} means nothing without target_set: it "
+                "weighs a target set's pull on S2L's cluster quotas"
+            )
         parse_budget(self.budget)
         check_non_negative_int("seed", self.seed)
         check_positive_int("n_clusters", self.n_clusters, optional=True)

@@ -108,10 +108,12 @@ def select_subset(
         target_set=None if target_set is None else os.fspath(target_set),
         target_weight=target_weight,
     )
-    if target_set is not None and (method != "s2l" or stratify_by or preset):
+    check_target_set_use(target_set, method, stratify_by, preset, trajectories)
+    if trajectories is None and (trajectory_ids is not None or pool is not None):
+        given = "trajectory_ids" if trajectory_ids is not None else "pool"
         raise S2LError(
-            "a target set steers plain S2L selecting over the whole pool: use method s2l "
-            "without stratify_by or a preset"
+            f"{given} goes with imported trajectories (trajectories=...); the run's own "
+            "trajectories need neither"
         )
     if trajectories is None:
         inputs = run_inputs(run_dir)
@@ -163,7 +165,7 @@ def select_subset(
     probe_fp = inputs.notes.get("probe", {}).get("fingerprint") if reads_probe else None
     parts = [inputs.fingerprint, method, str(described), n_budget, seed, stratify]
     fp = fingerprint(*parts, *([probe_fp] if reads_probe else []))
-    recorded = _recorded_settings(method, preset, described, budget, seed)
+    recorded = recorded_settings(method, preset, described, budget, seed)
     if not force and (out / "summary.json").is_file():
         summary = read_json(out / "summary.json")
         if summary.get("fingerprint") == fp:
@@ -174,7 +176,7 @@ def select_subset(
                 summary=summary,
                 reused=True,
             )
-        _refuse_other_settings(out, summary.get("selection_settings"), recorded)
+        refuse_other_settings(out, summary.get("selection_settings"), recorded)
 
     picked = selector.select(signals, n_budget, seed)
     rounded = _budget_rounding_note(budget, len(the_pool), n_budget)
@@ -194,6 +196,33 @@ def select_subset(
         },
         warnings=[rounded] if rounded else [],
     )
+
+
+def check_target_set_use(
+    target_set: str | os.PathLike | None,
+    method: str,
+    stratify_by: str | None,
+    preset: str | None,
+    trajectories: str | os.PathLike | None = None,
+) -> None:
+    """Refuse a target set where it would steer nothing: it moves plain S2L's cluster quotas
+    over the whole pool, scored at the run's own proxy checkpoints (so not with another
+    method, per source, under a preset that selects per source, or on imported
+    trajectories). Cheap: :func:`~smalltolarge.pipeline.run_pipeline` calls it before
+    training."""
+    if target_set is None:
+        return
+    per_source = stratify_by or (preset not in (None, "default"))
+    if method != "s2l" or per_source:
+        raise S2LError(
+            "a target set steers plain S2L selecting over the whole pool: use method s2l "
+            "without stratify_by or a preset"
+        )
+    if trajectories is not None:
+        raise S2LError(
+            "a target set is scored at the run's own proxy checkpoints, so it cannot steer a "
+            "selection made on imported trajectories"
+        )
 
 
 def write_selection(
@@ -309,7 +338,7 @@ def _default_name(
     return f"{method}{mode}{strat}-{budget_label(budget)}{extra}-seed{seed}"
 
 
-def _recorded_settings(
+def recorded_settings(
     method: str, preset: str | None, described: dict[str, Any], budget, seed: int
 ) -> dict[str, Any]:
     """The settings that make a selection what it is, JSON-normal so that they compare equal
@@ -328,7 +357,7 @@ def _recorded_settings(
     )
 
 
-def _refuse_other_settings(out: Path, theirs: dict[str, Any] | None, ours: dict[str, Any]) -> None:
+def refuse_other_settings(out: Path, theirs: dict[str, Any] | None, ours: dict[str, Any]) -> None:
     """A selection directory holding a selection made with other settings is never replaced
     silently (new inputs with the same settings are redone: that is what the cache is for)."""
     if theirs is None or theirs == ours:

@@ -19,6 +19,16 @@ from smalltolarge.cli.common import (
     report_selection,
     selection_paths,
 )
+from smalltolarge.cli.modes import (
+    PER_SOURCE,
+    PREPARE,
+    RUN,
+    SELECT,
+    TRAIN_PROXY,
+    check_options,
+    select_modes,
+    selects_per_source,
+)
 from smalltolarge.cli.options import (
     BatchOpt,
     BudgetOpt,
@@ -91,7 +101,7 @@ def prepare_cmd(
     """1-2. Load the pool, get the proxy's tokenizer, tokenise with the response mask."""
     from smalltolarge.prepare import prepare
 
-    _check_dedup_threshold_given_alone(ctx, dedup)
+    check_options(ctx, PREPARE, {"prepare"})
     prepare(
         pool,
         run_dir,
@@ -158,6 +168,7 @@ def dedup_cmd(
 
 @command("train-proxy")
 def train_proxy_cmd(
+    ctx: typer.Context,
     run_dir: RunDirOpt = DEFAULT_RUN_DIR,
     epochs: EpochsOpt = ProxySettings.epochs,
     lr: LrOpt = ProxySettings.learning_rate,
@@ -184,6 +195,7 @@ def train_proxy_cmd(
     """3. Train the proxy on the whole pool, recording its trajectories at T points of training."""
     from smalltolarge.proxy import train_proxy
 
+    check_options(ctx, TRAIN_PROXY, {"recording" if record else "not-recording"})
     done = train_proxy(
         run_dir,
         epochs=epochs,
@@ -251,6 +263,7 @@ def score_cmd(
 
 @command("select")
 def select_cmd(
+    ctx: typer.Context,
     run_dir: RunDirOpt = DEFAULT_RUN_DIR,
     method: MethodOpt = SelectSettings.method,
     budget: BudgetOpt = str(SelectSettings.budget),
@@ -302,9 +315,11 @@ def select_cmd(
     from smalltolarge.report import print_paths, print_selection_summary
     from smalltolarge.subset import select_subset
 
-    if "," in budget:
+    modes = select_modes(budget, stratify_by, preset, trajectories)
+    check_options(ctx, SELECT, modes)
+    if "nested" in modes:
         _select_nested(run_dir, method, budget, clusters, stratify_by, seed, name,
-                       trajectories, outlier_max_size, report)  # fmt: skip
+                       outlier_max_size, preset, force, report)  # fmt: skip
         return
     result = select_subset(
         run_dir,
@@ -476,7 +491,7 @@ def run_cmd(
     """1-5. The whole chain; stages whose inputs and settings did not change are reused."""
     from smalltolarge.pipeline import run_pipeline
 
-    _check_dedup_threshold_given_alone(ctx, dedup)
+    check_options(ctx, RUN, {PER_SOURCE if selects_per_source(stratify_by, preset) else "global"})
     result = run_pipeline(
         pool,
         run_dir,
@@ -531,31 +546,27 @@ def demo_cmd(
     report_selection(run_dir, result.selection.directory.name, report)
 
 
-def _check_dedup_threshold_given_alone(ctx: typer.Context, dedup: str | None) -> None:
-    # a threshold without --dedup would be silently ignored
-    given = ctx.get_parameter_source("dedup_threshold")  # typer's own click: compare by name
-    if dedup is None and given is not None and given.name != "DEFAULT":
-        raise S2LError(f"--dedup-threshold needs --dedup {choices(DEDUP_ON)}")
-
-
 def _select_nested(
-    run_dir, method, budget, clusters, stratify_by, seed, name, trajectories, outlier, report
+    run_dir, method, budget, clusters, stratify_by, seed, name, outlier, preset, force, report
 ) -> None:
     from smalltolarge.nested import ORDER_FILE, select_nested
     from smalltolarge.report import print_paths, print_selection_summary
 
-    if method != "s2l" or trajectories is not None:
+    if method != "s2l":
         raise S2LError(
-            "nested budgets (a comma-separated --budget) are for s2l on the run's own trajectories"
+            f"nested budgets (a comma-separated --budget) are for s2l, not --method {method}: "
+            "select one budget at a time"
         )
     results = select_nested(
         run_dir,
         [b.strip() for b in budget.split(",") if b.strip()],
         seed=seed,
         n_clusters=clusters,
-        outlier_max_size=outlier or 0,
+        outlier_max_size=outlier,
         stratify_by=stratify_by,
         name=name,
+        preset=preset,
+        force=force,
     )
     for result in results:
         print_selection_summary(result.summary)
