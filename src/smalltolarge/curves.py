@@ -39,6 +39,7 @@ import numpy as np
 from smalltolarge.compare import BASE, FULL_POOL, LOWER_IS_BETTER
 from smalltolarge.errors import S2LError
 from smalltolarge.runs import atomic_open, atomic_write_text
+from smalltolarge.settings import check_non_negative
 
 #: Exponents ``c`` tried by the fit (for each, the best ``b`` has a closed form).
 _EXPONENTS = np.geomspace(0.02, 10.0, 600)
@@ -109,8 +110,10 @@ def fit_learning_curves(
         curve) for each method measured at a single budget.
 
     Raises:
-        S2LError: no results.csv, or no full-pool run for a metric.
+        S2LError: a negative tolerance, no results.csv, or no full-pool run for a metric.
     """
+    check_non_negative("tolerance", tolerance, optional=True)  # checked here, once
+    check_non_negative("relative_tolerance", relative_tolerance)
     path = Path(results)
     path = path / "results.csv" if path.is_dir() else path
     runs = _read_overall(path)

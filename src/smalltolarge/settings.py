@@ -89,6 +89,19 @@ def check_positive(name: str, value: Any, *, optional: bool = False) -> None:
         raise S2LError(f"{name} must be positive, not {value!r}")
 
 
+def check_non_negative(name: str, value: Any, *, optional: bool = False) -> None:
+    """``value`` is a finite number >= 0 (or None when ``optional``), else S2LError."""
+    if value is None and optional:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or not value >= 0
+    ):
+        raise S2LError(f"{name} must be >= 0, not {value!r}")
+
+
 def check_in_range(name: str, value: Any, low: float, high: float, *, closed: str = "[)") -> None:
     """``value`` is a number in the interval ``low``..``high`` (``closed`` says which ends
     belong to it: ``"[)"``, ``"(]"``, ``"[]"``, ``"()"``), else S2LError."""

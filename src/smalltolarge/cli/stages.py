@@ -146,8 +146,10 @@ def dedup_cmd(
     input's format; OUT/duplicates.json lists the groups."""
     from smalltolarge.data import load_pool
     from smalltolarge.dedup import DUPLICATES_FILE, DedupSettings, write_deduplicated
+    from smalltolarge.runs import output_dir
 
     settings = DedupSettings(on=on, threshold=threshold)
+    output_dir(out)  # before the pool is read
     loaded = load_pool(
         pool,
         prompt_column=prompt_column,
