@@ -25,15 +25,30 @@ app = typer.Typer(
 )
 
 
+class Interrupted(Exception):
+    """Ctrl-C inside a command. typer turns a KeyboardInterrupt into a silent exit 130 before
+    :func:`smalltolarge.cli.main` sees it; this one passes through typer, so ``main`` can say
+    how to resume. ``forced``: the command was given ``--force``, which a re-run would obey
+    again, redoing the work done so far."""
+
+    def __init__(self, forced: bool):
+        super().__init__("interrupted")
+        self.forced = forced
+
+
 def command(name: str) -> Callable[[F], F]:
     """Register the decorated function as ``s2l NAME``. The libraries' own bars and logs are
-    silenced when the command runs, not before: ``--help`` imports no transformers."""
+    silenced when the command runs, not before: ``--help`` imports no transformers. Ctrl-C
+    while it runs becomes :class:`Interrupted`."""
 
     def register(function: F) -> F:
         @functools.wraps(function)
         def run(*args: Any, **kwargs: Any) -> Any:
-            quiet_libraries()
-            return function(*args, **kwargs)
+            try:
+                quiet_libraries()
+                return function(*args, **kwargs)
+            except KeyboardInterrupt:
+                raise Interrupted(forced=bool(kwargs.get("force"))) from None
 
         app.command(name)(run)
         return function
