@@ -114,7 +114,7 @@ def fit_learning_curves(
     """
     check_non_negative("tolerance", tolerance, optional=True)  # checked here, once
     check_non_negative("relative_tolerance", relative_tolerance)
-    path = Path(results)
+    path = _existing(Path(results))
     path = path / "results.csv" if path.is_dir() else path
     runs = _read_overall(path)
     metrics = sorted({m for _, _, m in runs} if metric is None else {metric})
@@ -295,7 +295,7 @@ def write_learning_curves(
     """Fit the curves of ``results_dir`` and write ``learning_curves.md`` and
     ``learning_curves.png`` next to its results.csv. ``kwargs`` go to
     :func:`fit_learning_curves`."""
-    out = Path(results_dir)
+    out = _existing(Path(results_dir))
     out = out if out.is_dir() else out.parent
     fits = fit_learning_curves(out, **kwargs)
     if not fits:
@@ -303,6 +303,15 @@ def write_learning_curves(
     md = out / "learning_curves.md"
     atomic_write_text(md, "# Learning curves\n\n" + curves_markdown(fits))
     return fits, md, plot_learning_curves(fits, out / "learning_curves.png")
+
+
+def _existing(path: Path) -> Path:
+    """``path``, refused by its own name when it does not exist."""
+    if not path.exists():
+        raise S2LError(
+            f"{path}: does not exist (give an experiment's out_dir, which holds results.csv)"
+        )
+    return path
 
 
 def _read_overall(path: Path) -> dict[tuple[str, str, str], list[tuple[float, float]]]:

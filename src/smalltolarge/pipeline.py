@@ -85,9 +85,11 @@ def run_pipeline(
     training = training.replace(score_precision=score_precision)
     rd = RunDir(run_dir)
     make_selector(selection.method, n_clusters=selection.n_clusters)  # before the pool is read
-    check_target_set_use(
-        selection.target_set, selection.method, selection.stratify_by, preset
-    )  # not after training
+    check_target_set_use(selection.target_set, selection.method, selection.stratify_by, preset)
+    if selection.target_set is not None:  # read now, not after training
+        from smalltolarge.rescore import load_target_set
+
+        load_target_set(selection.target_set)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     prepared = prepare(pool_path, rd, **data.as_dict(), preset=preset, progress=progress)

@@ -76,7 +76,11 @@ from smalltolarge.settings import (
     ProxySettings,
     ScoreSettings,
     SelectSettings,
+    spelled_as,
 )
+
+#: How ``prepare`` and ``run`` spell the dedup settings (``s2l dedup`` has its own names).
+DEDUP_OPTIONS = {"dedup": "--dedup", "dedup_threshold": "--dedup-threshold"}
 
 
 @command("prepare")
@@ -102,23 +106,24 @@ def prepare_cmd(
     from smalltolarge.prepare import prepare
 
     check_options(ctx, PREPARE, {"prepare"})
-    prepare(
-        pool,
-        run_dir,
-        proxy=proxy,
-        template=template,
-        max_length=max_length,
-        prompt_column=prompt_column,
-        input_column=input_column,
-        response_column=response_column,
-        source_column=source_column,
-        id_column=id_column,
-        split=split,
-        on_invalid="skip" if skip_invalid else "error",
-        preset=preset,
-        dedup=dedup,
-        dedup_threshold=dedup_threshold,
-    )
+    with spelled_as(DEDUP_OPTIONS):
+        prepare(
+            pool,
+            run_dir,
+            proxy=proxy,
+            template=template,
+            max_length=max_length,
+            prompt_column=prompt_column,
+            input_column=input_column,
+            response_column=response_column,
+            source_column=source_column,
+            id_column=id_column,
+            split=split,
+            on_invalid="skip" if skip_invalid else "error",
+            preset=preset,
+            dedup=dedup,
+            dedup_threshold=dedup_threshold,
+        )
 
 
 @command("dedup")
@@ -148,7 +153,8 @@ def dedup_cmd(
     from smalltolarge.dedup import DUPLICATES_FILE, DedupSettings, write_deduplicated
     from smalltolarge.runs import output_dir
 
-    settings = DedupSettings(on=on, threshold=threshold)
+    with spelled_as({"dedup": "--on", "dedup_threshold": "--threshold"}):
+        settings = DedupSettings(on=on, threshold=threshold)
     output_dir(out)  # before the pool is read
     loaded = load_pool(
         pool,
@@ -494,42 +500,43 @@ def run_cmd(
     from smalltolarge.pipeline import run_pipeline
 
     check_options(ctx, RUN, {PER_SOURCE if selects_per_source(stratify_by, preset) else "global"})
-    result = run_pipeline(
-        pool,
-        run_dir,
-        proxy=proxy,
-        template=template,
-        max_length=max_length,
-        prompt_column=prompt_column,
-        input_column=input_column,
-        response_column=response_column,
-        source_column=source_column,
-        id_column=id_column,
-        split=split,
-        on_invalid="skip" if skip_invalid else "error",
-        dedup=dedup,
-        dedup_threshold=dedup_threshold,
-        epochs=epochs,
-        learning_rate=lr,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        warmup_ratio=warmup_ratio,
-        n_checkpoints=checkpoints,
-        checkpoint_every=checkpoint_every,
-        precision=precision,
-        score_precision=score_precision,
-        proxy_seed=proxy_seed,
-        max_tokens=max_tokens,
-        method=method,
-        budget=budget,
-        n_clusters=clusters,
-        stratify_by=stratify_by,
-        target_set=target_set,
-        target_weight=target_weight,
-        seed=seed,
-        preset=preset,
-        force=force,
-    )
+    with spelled_as(DEDUP_OPTIONS):
+        result = run_pipeline(
+            pool,
+            run_dir,
+            proxy=proxy,
+            template=template,
+            max_length=max_length,
+            prompt_column=prompt_column,
+            input_column=input_column,
+            response_column=response_column,
+            source_column=source_column,
+            id_column=id_column,
+            split=split,
+            on_invalid="skip" if skip_invalid else "error",
+            dedup=dedup,
+            dedup_threshold=dedup_threshold,
+            epochs=epochs,
+            learning_rate=lr,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            warmup_ratio=warmup_ratio,
+            n_checkpoints=checkpoints,
+            checkpoint_every=checkpoint_every,
+            precision=precision,
+            score_precision=score_precision,
+            proxy_seed=proxy_seed,
+            max_tokens=max_tokens,
+            method=method,
+            budget=budget,
+            n_clusters=clusters,
+            stratify_by=stratify_by,
+            target_set=target_set,
+            target_weight=target_weight,
+            seed=seed,
+            preset=preset,
+            force=force,
+        )
     report_run(result)
 
 
