@@ -109,5 +109,5 @@ def test_needs_a_full_pool_run(tmp_path):
     _write(tmp_path, {"s2l": (0.05, 0.8)}, budgets=(0.1, 0.3))
     with pytest.raises(S2LError, match="no full-pool run"):
         fit_learning_curves(tmp_path, metric="rouge_l")
-    with pytest.raises(S2LError, match="no results.csv"):
+    with pytest.raises(S2LError, match="missing: does not exist"):
         fit_learning_curves(tmp_path / "missing")

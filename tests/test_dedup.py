@@ -220,7 +220,7 @@ def test_cli_dedup_and_prepare_options(planted, tmp_path, monkeypatch, capsys):
     assert read_json(out / "duplicates.json")["n_groups"] == 6
 
     code, _, err = s2l(monkeypatch, capsys, "prepare", pool.source_path, "--dedup", "all")
-    assert_clean_error(code, err, "unknown dedup 'all'")
+    assert_clean_error(code, err, "unknown --dedup 'all'")
     run = tmp_path / "run"
     code, _, err = s2l(
         monkeypatch, capsys, "prepare", pool.source_path, "-r", run, "--dedup-threshold", "0.5"

@@ -114,7 +114,7 @@ def test_probe_and_cli(monkeypatch, capsys, small):
 
 def test_refusals(small):
     pool, target = small
-    with pytest.raises(S2LError, match="could not"):
+    with pytest.raises(S2LError, match="no such directory"):
         estimate(pool, proxy="tiny", target="/no/such/model", tokens_per_second=1.0)
     with pytest.raises(S2LError):
         estimate(pool, proxy="tiny", target=str(target), budgets=(2.5,), tokens_per_second=1.0)

@@ -39,6 +39,7 @@ import numpy as np
 from smalltolarge.compare import BASE, FULL_POOL, LOWER_IS_BETTER
 from smalltolarge.errors import S2LError
 from smalltolarge.runs import atomic_open, atomic_write_text
+from smalltolarge.settings import check_non_negative
 
 #: Exponents ``c`` tried by the fit (for each, the best ``b`` has a closed form).
 _EXPONENTS = np.geomspace(0.02, 10.0, 600)
@@ -109,9 +110,11 @@ def fit_learning_curves(
         curve) for each method measured at a single budget.
 
     Raises:
-        S2LError: no results.csv, or no full-pool run for a metric.
+        S2LError: a negative tolerance, no results.csv, or no full-pool run for a metric.
     """
-    path = Path(results)
+    check_non_negative("tolerance", tolerance, optional=True)  # checked here, once
+    check_non_negative("relative_tolerance", relative_tolerance)
+    path = _existing(Path(results))
     path = path / "results.csv" if path.is_dir() else path
     runs = _read_overall(path)
     metrics = sorted({m for _, _, m in runs} if metric is None else {metric})
@@ -292,7 +295,7 @@ def write_learning_curves(
     """Fit the curves of ``results_dir`` and write ``learning_curves.md`` and
     ``learning_curves.png`` next to its results.csv. ``kwargs`` go to
     :func:`fit_learning_curves`."""
-    out = Path(results_dir)
+    out = _existing(Path(results_dir))
     out = out if out.is_dir() else out.parent
     fits = fit_learning_curves(out, **kwargs)
     if not fits:
@@ -300,6 +303,15 @@ def write_learning_curves(
     md = out / "learning_curves.md"
     atomic_write_text(md, "# Learning curves\n\n" + curves_markdown(fits))
     return fits, md, plot_learning_curves(fits, out / "learning_curves.png")
+
+
+def _existing(path: Path) -> Path:
+    """``path``, refused by its own name when it does not exist."""
+    if not path.exists():
+        raise S2LError(
+            f"{path}: does not exist (give an experiment's out_dir, which holds results.csv)"
+        )
+    return path
 
 
 def _read_overall(path: Path) -> dict[tuple[str, str, str], list[tuple[float, float]]]:

@@ -36,7 +36,7 @@ import numpy as np
 
 from smalltolarge.data import Pool, write_subset
 from smalltolarge.errors import S2LError
-from smalltolarge.runs import atomic_write_json, fingerprint
+from smalltolarge.runs import atomic_write_json, fingerprint, output_dir
 from smalltolarge.settings import (
     DEDUP_ON,
     DEFAULT_DEDUP_THRESHOLD,
@@ -57,8 +57,9 @@ class DedupSettings:
     """Settings of duplicate detection, checked once here.
 
     ``on``: one of :data:`DEDUP_ON`; ``threshold``: the Jaccard similarity in (0, 1] from which
-    two examples are near duplicates; ``num_perm``: MinHash permutations (more: fewer missed
-    pairs, slower); ``shingle``: characters per shingle; ``seed``: the MinHash permutations'.
+    two examples are near duplicates (1: their shingle sets are equal); ``num_perm``: MinHash
+    permutations (more: fewer missed pairs, slower); ``shingle``: characters per shingle;
+    ``seed``: the MinHash permutations'.
     """
 
     on: str = "both"
@@ -199,9 +200,9 @@ def write_deduplicated(
     kept examples in the input's format, with its original columns) and the report written to
     ``out_dir/duplicates.json`` (see :func:`duplicates_report`).
     """
+    out_dir = output_dir(out_dir)
     deduped, groups = dedup_pool(pool, settings)
     report = duplicates_report(pool, groups, settings)
-    out_dir = Path(out_dir)
     rows = deduped.dataset.with_format("arrow")["row"].to_numpy()
     written = write_subset(pool, rows, out_dir)
     atomic_write_json(out_dir / DUPLICATES_FILE, report)
@@ -352,8 +353,9 @@ def _lsh_bands(threshold: float, num_perm: int, at_threshold: float = 0.99) -> t
     that still make a pair of similarity ``threshold`` a candidate with probability
     ``at_threshold``. datasketch's own choice balances misses against false candidates and
     proposes a pair at the threshold about half the time; here false candidates only cost a
-    confirmation, while a miss is a duplicate kept."""
-    for rows in range(num_perm, 0, -1):
+    confirmation, while a miss is a duplicate kept. A threshold of 1 (equal shingle sets, so
+    equal MinHash signatures: always a candidate) gets two bands of half the permutations."""
+    for rows in range(num_perm // 2, 0, -1):  # two bands at least: datasketch refuses one
         bands = num_perm // rows
         if 1 - (1 - threshold**rows) ** bands >= at_threshold:
             return bands, rows

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from smalltolarge.errors import S2LError
+from smalltolarge.readers import first_line
 from smalltolarge.settings import PrepareSettings, ProxySettings, SelectSettings
 
 
@@ -115,11 +116,19 @@ def estimate(
     """
     from smalltolarge.data import load_pool
     from smalltolarge.formatting import tokenise_pool
-    from smalltolarge.models import PRESETS, is_preset, load_tokenizer, train_pool_tokenizer
+    from smalltolarge.models import (
+        PRESETS,
+        check_model_name,
+        is_preset,
+        load_tokenizer,
+        train_pool_tokenizer,
+    )
     from smalltolarge.selection import resolve_budget
 
     if gpus < 1 or checkpoints < 1 or not epochs > 0:
         raise S2LError("gpus and checkpoints must be positive integers and epochs positive")
+    for model in (proxy, target):  # a missing one is refused now, not after the pool is read
+        check_model_name(model)
     target_epochs = epochs if target_epochs is None else target_epochs
     the_pool = load_pool(pool)
     notes: list[str] = []
@@ -260,7 +269,7 @@ def compute_parameters(model: str, *, tokenizer=None) -> int:
             try:
                 config = AutoConfig.from_pretrained(resolve_model(model))
             except (OSError, ValueError) as e:
-                raise S2LError(f"could not read the config of '{model}': {e}") from e
+                raise S2LError(f"could not read the config of '{model}': {first_line(e)}") from e
             built = AutoModelForCausalLM.from_config(config)
     # Counted by role, not by identity: on the meta device tied weights may be two tensors.
     embedding = built.get_input_embeddings().weight

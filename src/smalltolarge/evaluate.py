@@ -72,7 +72,7 @@ from smalltolarge.models import (
     load_tokenizer,
     resolve_precision,
 )
-from smalltolarge.runs import atomic_write_json, atomic_write_text
+from smalltolarge.runs import atomic_write_json, atomic_write_text, output_dir
 from smalltolarge.settings import METRICS, EvalSettings
 
 __all__ = [
@@ -198,6 +198,7 @@ def evaluate(
         answer_column=answer_column,
         max_length=max_length,
     )
+    output_dir(out_dir)
     if metric == "loss":
         from smalltolarge.heldout import heldout_loss  # heldout imports us
 

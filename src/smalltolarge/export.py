@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from smalltolarge.errors import S2LError
-from smalltolarge.runs import atomic_write_json, atomic_write_text, read_json
+from smalltolarge.runs import atomic_write_json, atomic_write_text, output_dir, read_json
 
 FORMATS = ("llama-factory", "axolotl", "messages", "alpaca")
 
@@ -70,7 +70,8 @@ def export_selection(
             selection's name].
 
     Raises:
-        S2LError: an unknown format, or a directory that is not a finished selection.
+        S2LError: an unknown format, a directory that is not a finished selection, or an
+            ``out_dir`` that is a file.
     """
     from smalltolarge.data import load_pool
     from smalltolarge.finetune import resolve_train_data
@@ -80,12 +81,12 @@ def export_selection(
     selection_dir = Path(selection_dir)
     if not (selection_dir / "summary.json").is_file():
         raise S2LError(f"{selection_dir}: not a finished selection (no summary.json)")
+    out = output_dir(out_dir if out_dir is not None else selection_dir / "export" / fmt)
     subset_path, options = resolve_train_data(selection_dir)
     pool = load_pool(subset_path, **options)
     records = _records(Path(subset_path))
     summary = read_json(selection_dir / "summary.json")
     name = _safe_name(name or summary.get("name", "subset"))
-    out = Path(out_dir) if out_dir is not None else selection_dir / "export" / fmt
 
     chat = pool.schema["kind"] == "messages"
     consumed = {pool.schema[k] for k in ("prompt", "input", "response") if pool.schema.get(k)}

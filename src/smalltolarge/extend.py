@@ -149,11 +149,6 @@ def extend_run(
     )
     history = _history(run, base)
     name = f"ext{len(history['extensions']) + 1}"
-    say(
-        f"extend: {len(added)} new examples from {new_pool} ({name}; {len(new_tok)} scorable, "
-        f"{len(new_tok.excluded)} excluded at max_length={tokenised.max_length}, "
-        f"{len(added.skipped)} invalid skipped)"
-    )
     plan = None
     if previous is not None:
         plan = _plan(previous, budget, seed, len(base) + len(added), len(tokenised) + len(new_tok))
@@ -163,6 +158,11 @@ def extend_run(
             f"{run.selections_dir}: no S2L selection of the current trajectories to extend, so "
             "a budget or seed means nothing here; extend without them, then `s2l select`"
         )
+    say(  # only once everything is checked: an announced extension is not then refused
+        f"extend: {len(added)} new examples from {new_pool} ({name}; {len(new_tok)} scorable, "
+        f"{len(new_tok.excluded)} excluded at max_length={tokenised.max_length}, "
+        f"{len(added.skipped)} invalid skipped)"
+    )
 
     start = time.perf_counter()
     losses, embeddings = score_at_checkpoints(

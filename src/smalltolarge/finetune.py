@@ -43,6 +43,7 @@ from smalltolarge.runs import (
     atomic_dir,
     distributed_state,
     fingerprint,
+    output_dir,
     read_json,
     stage_is_current,
 )
@@ -155,7 +156,7 @@ def finetune(
         **{name: value for name, value in locals().items() if name in FinetuneSettings.names()}
     )
     recipe = Recipe.of(checked)
-    out_dir = Path(out_dir)
+    out_dir = output_dir(out_dir)
     model_dir, meta_path = out_dir / "model", out_dir / "finetune.json"
     # Under `accelerate launch` every process runs this function; the state knows how many.
     state = distributed_state()

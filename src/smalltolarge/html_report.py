@@ -104,6 +104,8 @@ class _Data:
 
 
 def _selection_dir(run: RunDir, selection: str | None) -> Path:
+    if not run.root.is_dir():
+        raise S2LError(f"{run.root}: the run directory does not exist")
     if selection is not None:
         path = run.selection_dir(selection)
         if not (path / "summary.json").is_file():

@@ -2,8 +2,9 @@
 
 Loading a name that is neither a local path nor in the local cache makes the hub libraries
 retry for about a minute when the hub cannot be reached, printing a line per retry. Checked
-here first, such a name is refused at once, in one line: a path that does not exist, a name
-while ``HF_HUB_OFFLINE`` is set, or a hub that does not answer within a few seconds.
+here first, such a name is refused at once, in one line: a path that does not exist (also
+``owner/name`` where ``owner`` is a local directory: ``models/typo``), a name while
+``HF_HUB_OFFLINE`` is set, or a hub that does not answer within a few seconds.
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ def check_hub_name(name: str, *, kind: str = "model") -> None:
         raise S2LError(f"'{name}': no such directory (a hub {kind} is named owner/name)")
     if _in_cache(name, kind):
         return
+    owner = name.split("/")[0]
+    if "/" in name and os.path.isdir(owner):  # models/typo, next to a models/ directory
+        raise S2LError(
+            f"'{name}': no such directory ({owner}/ is a directory here, so this is read as "
+            f"a path, not a hub {kind} owner/name)"
+        )
     if _offline(kind):
         raise S2LError(
             f"'{name}': not a local path and not in the local Hugging Face cache, and "

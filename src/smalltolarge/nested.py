@@ -99,9 +99,10 @@ def select_nested(
     *,
     seed: int = SelectSettings.seed,
     n_clusters: int | None = SelectSettings.n_clusters,
-    outlier_max_size: int = 0,
+    outlier_max_size: int | None = None,
     stratify_by: str | None = SelectSettings.stratify_by,
     name: str | None = None,
+    preset: str | None = None,
     force: bool = False,
 ) -> list[SelectionResult]:
     """Write one S2L selection per budget from a single clustering, nested, with ``order.txt``.
@@ -110,18 +111,25 @@ def select_nested(
     clustering is S2L's for the largest. With ``stratify_by`` (per source, as the reference
     code selects), each source is clustered and ranked alone and the sources are interleaved
     so that every prefix splits over the sources by water-filling, as the per-source selection
-    does. Selections are named ``NAME-BUDGET`` (default ``s2l-nested-seedSEED-BUDGET``, with
-    ``-stratified`` per source). Returns the
-    :class:`~smalltolarge.subset.SelectionResult` of each budget, in the order given.
+    does. ``outlier_max_size`` sets aside clusters of at most that many rows (None: 0, off);
+    ``preset="reference"`` selects per source with outliers of at most 2 rows, as
+    :func:`~smalltolarge.subset.select_subset` does. Selections are named ``NAME-BUDGET``
+    (default ``s2l-nested[-PRESET][-stratified]-seedSEED-BUDGET``). As for ``select_subset``,
+    selections already made from the same inputs and settings are reused unless ``force``, and
+    a directory holding a selection made with other settings is not replaced without
+    ``force``. Returns the :class:`~smalltolarge.subset.SelectionResult` of each budget, in the
+    order given.
 
     As for :func:`~smalltolarge.subset.select_subset`, a complete selection made from the same
     inputs and settings is reused, and one made otherwise is never replaced in place: it is
     refused, before anything is clustered, unless ``force``.
 
     Raises:
-        S2LError: fewer than one budget, a budget the pool cannot supply, or a complete
-            selection in the way (:class:`~smalltolarge.subset.SelectionExistsError`).
+        S2LError: fewer than one budget, a budget the pool cannot supply, a setting that
+            contradicts the preset, or a complete selection in the way
+            (:class:`~smalltolarge.subset.SelectionExistsError`).
     """
+    from smalltolarge.presets import apply_preset
     from smalltolarge.selection import resolve_budget
     from smalltolarge.subset import (
         complete_selection,
@@ -143,17 +151,21 @@ def select_nested(
         n_clusters=n_clusters,
         stratify_by=stratify_by,
         settings={"outlier_max_size": outlier_max_size},
+        preset=preset,
     )
+    chosen = apply_preset(preset, outlier_max_size=(outlier_max_size, None))
+    outliers = chosen["outlier_max_size"] or 0
     stratified = isinstance(selector, Stratified)
     described = selector.settings()
     fp = fingerprint(inputs.fingerprint, "s2l-nested", str(described), sorted(counts), seed)
-    prefix = name or f"s2l-nested{'-stratified' if stratified else ''}-seed{seed}"
+    mode = f"-{preset}" if preset not in (None, "default") else ""
+    prefix = name or f"s2l-nested{mode}{'-stratified' if stratified else ''}-seed{seed}"
     outs = [run.selection_dir(f"{prefix}-{budget}") for budget in budgets]
     # each budget's settings, and the budgets together: they make the clustering and the ranking
     nested_budgets = ",".join(budget_label(b) for b in budgets)
     recorded = {
         out: {
-            **recorded_settings("s2l", None, described, budget, seed),
+            **recorded_settings("s2l", preset, described, budget, seed),
             "nested": nested_budgets,
         }
         for out, budget in zip(outs, budgets, strict=True)
@@ -172,9 +184,9 @@ def select_nested(
     labels = selector.labels_
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
     if stratified:
-        order = _per_source_order(selector, signals.n, rng, outlier_max_size)
+        order = _per_source_order(selector, signals.n, rng, outliers)
     else:
-        order = nested_order(labels, rng, outlier_max_size=outlier_max_size)
+        order = nested_order(labels, rng, outlier_max_size=outliers)
     ranked_ids = "".join(f"{i}\n" for i in signals.ids[order])
     results = []
     for budget, count, out in zip(budgets, counts, outs, strict=True):
@@ -192,7 +204,7 @@ def select_nested(
             "selection_settings": recorded[out],
             "method": "s2l",
             "nested": {"budgets": [str(b) for b in budgets], "counts": counts, "order": ORDER_FILE},
-            "preset": "default",
+            "preset": preset or "default",
             "settings": described,
         }
         results.append(
@@ -208,6 +220,14 @@ def select_nested(
             )
         )
     return results
+
+
+def _reused(out: Path, summary: dict) -> SelectionResult:
+    """The selection already in ``out``, made from the same inputs and settings."""
+    from smalltolarge.subset import SelectionResult
+
+    ids = (out / "ids.txt").read_text().splitlines()
+    return SelectionResult(ids, out, out / summary["subset_file"], summary, reused=True)
 
 
 def _per_source_order(

@@ -21,7 +21,12 @@ from smalltolarge.proxy import train_proxy
 from smalltolarge.runs import RunDir
 from smalltolarge.scoring import score_trajectories
 from smalltolarge.settings import PrepareSettings, ProxySettings, SelectSettings
-from smalltolarge.subset import SelectionResult, make_pool_selector, select_subset
+from smalltolarge.subset import (
+    SelectionResult,
+    check_target_set_use,
+    make_pool_selector,
+    select_subset,
+)
 from smalltolarge.trajectories import Trajectories
 
 
@@ -82,6 +87,11 @@ def run_pipeline(
     training = training.replace(score_precision=score_precision)
     rd = RunDir(run_dir)
     make_selector(selection.method, n_clusters=selection.n_clusters)  # before the pool is read
+    check_target_set_use(selection.target_set, selection.method, selection.stratify_by, preset)
+    if selection.target_set is not None:  # read now, not after training
+        from smalltolarge.rescore import load_target_set
+
+        load_target_set(selection.target_set)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     prepared = prepare(pool_path, rd, **data.as_dict(), preset=preset, progress=progress)

@@ -172,14 +172,14 @@ def probe_target(
         fingerprint=fingerprint(pool.fingerprint, "probe", fp),
     )
     ids = [str(i) for i in sub.dataset["id"]]
+    tokenizer = load_tokenizer(target)  # refused before anything is announced
+    check_tokenizer(tokenizer, target)
     if progress:
         print(
             f"probe: scoring {len(ids)} of {len(pool_index)} examples ({fraction:g} of each "
             f"source{', capped' if len(ids) < round(fraction * len(pool_index)) else ''}) with "
             f"the untrained target {target}"
         )
-    tokenizer = load_tokenizer(target)
-    check_tokenizer(tokenizer, target)
     tok = tokenise_pool(sub, tokenizer, template=template, max_length=max_length)
     device = device or default_device()
     resolved = resolve_precision(precision, device)

@@ -28,6 +28,7 @@ from smalltolarge.models import (
 )
 from smalltolarge.progress import bar
 from smalltolarge.runs import RunDir, read_proxy_meta, step_dirs
+from smalltolarge.schema import DETECTED_PAIRS, UnknownColumns
 from smalltolarge.settings import DEFAULT_MAX_TOKENS
 from smalltolarge.trajectories import load_run_trajectories
 
@@ -97,6 +98,20 @@ def tokenise_like_the_pool(run: RunDir, pool: Pool) -> TokenisedPool:
     )
 
 
+def load_target_set(target_set: str | os.PathLike, **pool_options: Any) -> Pool:
+    """Read a target set like a pool. Its columns are found by name only (``select`` and
+    ``run`` have no column options for it), so a set whose prompt and response columns cannot
+    be told is refused with the names to rename them to."""
+    try:
+        return load_pool(target_set, **pool_options)
+    except UnknownColumns as e:
+        raise S2LError(
+            f"{e.label}: the target set's prompt and response columns cannot be told from "
+            f"their names (columns: {', '.join(e.columns)}); rename them to {DETECTED_PAIRS}, "
+            "or give it a messages column"
+        ) from None
+
+
 def score_target_set(
     run_dir: str | os.PathLike | RunDir,
     target_set: str | os.PathLike,
@@ -116,7 +131,7 @@ def score_target_set(
     run = RunDir.of(run_dir)
     traj = load_run_trajectories(run)
     checkpoints = kept_checkpoints(run, read_proxy_meta(run), traj.steps)
-    tok = tokenise_like_the_pool(run, load_pool(target_set, **pool_options))
+    tok = tokenise_like_the_pool(run, load_target_set(target_set, **pool_options))
     if not len(tok):
         raise S2LError(f"{target_set}: no target example fits max_length")
     losses, _ = score_at_checkpoints(

@@ -120,13 +120,21 @@ def stage_is_current(meta_path: str | os.PathLike, fp: str) -> bool:
         return False
 
 
+def output_dir(path: str | os.PathLike, option: str = "-o") -> Path:
+    """``path`` as a Path, refused when it exists and is not a directory: every command writes
+    its outputs into a directory, and ``mkdir`` on a file fails with a traceback, not a message.
+    ``option`` is how the user gave the path (``-o``, ``--run-dir``)."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise S2LError(f"{option} {out}: is a file, not a directory; name a directory")
+    return out
+
+
 class RunDir:
     """Paths of one run directory. Creating the object creates nothing on disk."""
 
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-        if self.root.exists() and not self.root.is_dir():
-            raise S2LError(f"--run-dir {self.root}: is a file, not a directory; name a directory")
+        self.root = output_dir(root, "--run-dir")
 
     @classmethod
     def of(cls, run_dir: str | os.PathLike | RunDir) -> RunDir:

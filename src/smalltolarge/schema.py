@@ -37,6 +37,24 @@ FEATURES = datasets.Features(
     }
 )
 
+
+class UnknownColumns(S2LError):
+    """The prompt and response columns cannot be told from the names; ``label`` names the
+    input and ``columns`` are its columns, for a caller whose advice differs (a target set
+    has no column options)."""
+
+    def __init__(self, message: str, *, label: str, columns: list[str]):
+        super().__init__(message)
+        self.label = label
+        self.columns = columns
+
+
+#: The column names detected without options, as ``prompt/response`` pairs, for messages.
+DETECTED_PAIRS = (
+    "instruction/output (with an optional input), question/answer, prompt/completion or "
+    "prompt/response"
+)
+
 # Column-name pairs tried in order when no --prompt-column/--response-column is given.
 _TEXT_SCHEMAS = (
     ("alpaca", "instruction", "output"),
@@ -104,10 +122,12 @@ def resolve_schema(
         prompt = prompt_column or prompt
         response = response_column or response
     if kind is None or prompt is None or response is None:
-        raise S2LError(
+        raise UnknownColumns(
             f"{raw.label}: cannot tell which columns hold the prompt and the response "
             f"(columns: {available}); pass --prompt-column and --response-column "
-            "(prompt_column= and response_column= in Python)"
+            "(prompt_column= and response_column= in Python)",
+            label=raw.label,
+            columns=list(columns),
         )
 
     if input_column is not None:

@@ -26,7 +26,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,15 +55,38 @@ DEFAULT_CHUNK_TOKENS = 1 << 20
 DEDUP_ON = ("prompt", "response", "both")
 #: The Jaccard similarity of character shingles from which two examples are near duplicates.
 DEFAULT_DEDUP_THRESHOLD = 0.8
+#: How far a target set moves S2L's cluster quotas toward its clusters, in [0, 1].
+DEFAULT_TARGET_WEIGHT = 0.5
 
 S = TypeVar("S", bound="StageSettings")
 
 
 # --- checks, one per kind of value ----------------------------------------------------------
 
+#: How the user spelled each setting, while a command runs (see :func:`spelled_as`).
+_SPELLING: ContextVar[Mapping[str, str] | None] = ContextVar("spelling", default=None)
+
+
+@contextmanager
+def spelled_as(names: Mapping[str, str]) -> Iterator[None]:
+    """Within the block, the checks below name a setting as the user typed it: ``names`` maps
+    a setting's name to its spelling (``s2l dedup`` gives ``dedup_threshold`` as
+    ``--threshold``). The settings are still checked here, once; only the name in the message
+    changes, so a command-line user is not told about a field they never typed."""
+    token = _SPELLING.set({**(_SPELLING.get() or {}), **names})
+    try:
+        yield
+    finally:
+        _SPELLING.reset(token)
+
+
+def _spelled(name: str) -> str:
+    return (_SPELLING.get() or {}).get(name, name)
+
 
 def check_positive_int(name: str, value: Any, *, optional: bool = False) -> None:
     """``value`` is an int >= 1 (or None when ``optional``), else S2LError."""
+    name = _spelled(name)
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
@@ -70,12 +95,14 @@ def check_positive_int(name: str, value: Any, *, optional: bool = False) -> None
 
 def check_non_negative_int(name: str, value: Any) -> None:
     """``value`` is an int >= 0, else S2LError."""
+    name = _spelled(name)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
         raise S2LError(f"{name} must be an integer >= 0, not {value!r}")
 
 
 def check_positive(name: str, value: Any, *, optional: bool = False) -> None:
     """``value`` is a finite number > 0 (or None when ``optional``), else S2LError."""
+    name = _spelled(name)
     if value is None and optional:
         return
     if (
@@ -87,9 +114,24 @@ def check_positive(name: str, value: Any, *, optional: bool = False) -> None:
         raise S2LError(f"{name} must be positive, not {value!r}")
 
 
+def check_non_negative(name: str, value: Any, *, optional: bool = False) -> None:
+    """``value`` is a finite number >= 0 (or None when ``optional``), else S2LError."""
+    name = _spelled(name)
+    if value is None and optional:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or not value >= 0
+    ):
+        raise S2LError(f"{name} must be >= 0, not {value!r}")
+
+
 def check_in_range(name: str, value: Any, low: float, high: float, *, closed: str = "[)") -> None:
     """``value`` is a number in the interval ``low``..``high`` (``closed`` says which ends
     belong to it: ``"[)"``, ``"(]"``, ``"[]"``, ``"()"``), else S2LError."""
+    name = _spelled(name)
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if ok:
         above = value >= low if closed[0] == "[" else value > low
@@ -101,6 +143,7 @@ def check_in_range(name: str, value: Any, low: float, high: float, *, closed: st
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...], *, optional: bool = False):
     """``value`` is one of ``choices`` (or None when ``optional``), else S2LError."""
+    name = _spelled(name)
     if value is None and optional:
         return
     if value not in choices:
@@ -109,6 +152,7 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...], *, optional: b
 
 def check_precision(name: str, value: Any, *, optional: bool = False) -> None:
     """One of :data:`PRECISIONS` (or None when ``optional``), else S2LError."""
+    name = _spelled(name)
     if value is None and optional:
         return
     if value not in PRECISIONS:
@@ -123,12 +167,15 @@ def check_max_length(value: Any) -> None:
 
 
 def check_bool(name: str, value: Any) -> None:
+    """``value`` is True or False, else S2LError."""
+    name = _spelled(name)
     if not isinstance(value, bool):
         raise S2LError(f"{name} must be true or false, not {value!r}")
 
 
 def check_name(name: str, value: Any, *, optional: bool = False) -> None:
     """A non-empty string (a model name, a column, a path), or None when ``optional``."""
+    name = _spelled(name)
     if value is None and optional:
         return
     if not isinstance(value, str | Path) or not str(value).strip():
@@ -341,12 +388,17 @@ class SelectSettings(StageSettings):
     n_clusters: int | None = None
     stratify_by: str | None = None
     target_set: str | None = None
-    target_weight: float = 0.5
+    target_weight: float = DEFAULT_TARGET_WEIGHT
 
     def __post_init__(self) -> None:
         check_name("method", self.method)
         check_name("target_set", self.target_set, optional=True)
         check_in_range("target_weight", self.target_weight, 0.0, 1.0, closed="[]")
+        if self.target_set is None and self.target_weight != DEFAULT_TARGET_WEIGHT:
+            raise S2LError(
+                f"target_weight {self.target_weight} means nothing without target_set: it "
+                "weighs a target set's pull on S2L's cluster quotas"
+            )
         parse_budget(self.budget)
         check_non_negative_int("seed", self.seed)
         check_positive_int("n_clusters", self.n_clusters, optional=True)

@@ -120,10 +120,12 @@ def select_subset(
         target_set=None if target_set is None else os.fspath(target_set),
         target_weight=target_weight,
     )
-    if target_set is not None and (method != "s2l" or stratify_by or preset):
+    check_target_set_use(target_set, method, stratify_by, preset, trajectories)
+    if trajectories is None and (trajectory_ids is not None or pool is not None):
+        given = "trajectory_ids" if trajectory_ids is not None else "pool"
         raise S2LError(
-            "a target set steers plain S2L selecting over the whole pool: use method s2l "
-            "without stratify_by or a preset"
+            f"{given} goes with imported trajectories (trajectories=...); the run's own "
+            "trajectories need neither"
         )
     if trajectories is None:
         inputs = run_inputs(run_dir)
@@ -227,7 +229,7 @@ def complete_selection(
             reused=True,
         )
     if recorded is not None:
-        _refuse_other_settings(out, summary.get("selection_settings"), recorded)
+        refuse_other_settings(out, summary.get("selection_settings"), recorded)
     then = {
         "pool": summary.get("pool_fingerprint"),
         "trajectories": summary.get("trajectories_fingerprint"),
@@ -275,6 +277,33 @@ class SelectionExistsError(S2LError):
             f"make a new selection beside it (`s2l select --run-dir "
             f"{directory.parent.parent}` with the same options and --name NEW_NAME); to "
             f"replace it{also}, pass --force"
+        )
+
+
+def check_target_set_use(
+    target_set: str | os.PathLike | None,
+    method: str,
+    stratify_by: str | None,
+    preset: str | None,
+    trajectories: str | os.PathLike | None = None,
+) -> None:
+    """Refuse a target set where it would steer nothing: it moves plain S2L's cluster quotas
+    over the whole pool, scored at the run's own proxy checkpoints (so not with another
+    method, per source, under a preset that selects per source, or on imported
+    trajectories). Cheap: :func:`~smalltolarge.pipeline.run_pipeline` calls it before
+    training."""
+    if target_set is None:
+        return
+    per_source = stratify_by or (preset not in (None, "default"))
+    if method != "s2l" or per_source:
+        raise S2LError(
+            "a target set steers plain S2L selecting over the whole pool: use method s2l "
+            "without stratify_by or a preset"
+        )
+    if trajectories is not None:
+        raise S2LError(
+            "a target set is scored at the run's own proxy checkpoints, so it cannot steer a "
+            "selection made on imported trajectories"
         )
 
 
@@ -430,7 +459,7 @@ def recorded_settings(
     )
 
 
-def _refuse_other_settings(out: Path, theirs: dict[str, Any] | None, ours: dict[str, Any]) -> None:
+def refuse_other_settings(out: Path, theirs: dict[str, Any] | None, ours: dict[str, Any]) -> None:
     """A selection directory holding a selection made with other settings is never replaced
     silently (nor one made on other inputs: see :func:`complete_selection`)."""
     if theirs is None or theirs == ours:

@@ -8,7 +8,8 @@ taken from :mod:`smalltolarge.settings`. Importing this package registers every 
 :data:`app`, and imports no torch or transformers (``s2l --help`` stays fast).
 
 Input problems (:class:`~smalltolarge.errors.S2LError`) are printed as one line on stderr with
-exit status 2, no traceback.
+exit status 2, no traceback, as click prints its usage errors. Ctrl-C ends a command with one
+line saying how to resume, and exit status 130.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 import typer
 
 from smalltolarge.cli import stages, target, tools  # noqa: F401  (they register the commands)
-from smalltolarge.cli.common import app
+from smalltolarge.cli.common import Interrupted, app
 from smalltolarge.errors import S2LError
 
 __all__ = ["app", "main"]
@@ -33,10 +34,15 @@ def main() -> None:
     except S2LError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo(
-            f"interrupted after {time.perf_counter() - started:.0f}s; re-run the same "
-            "command to resume",
-            err=True,
-        )
+    except (Interrupted, KeyboardInterrupt) as e:
+        typer.echo(interrupted_message(time.perf_counter() - started, e), err=True)
         sys.exit(130)
+
+
+def interrupted_message(seconds: float, interrupt: BaseException) -> str:
+    """What Ctrl-C prints: every stage resumes from the work it finished, but ``--force``
+    given again would redo that work."""
+    head = f"interrupted after {seconds:.0f}s; "
+    if getattr(interrupt, "forced", False):
+        return head + "drop --force to resume; with it, the work done so far is redone"
+    return head + "re-run the same command to resume"

@@ -28,23 +28,37 @@ app = typer.Typer(
 )
 
 
+class Interrupted(Exception):
+    """Ctrl-C inside a command. typer turns a KeyboardInterrupt into a silent exit 130 before
+    :func:`smalltolarge.cli.main` sees it; this one passes through typer, so ``main`` can say
+    how to resume. ``forced``: the command was given ``--force``, which a re-run would obey
+    again, redoing the work done so far."""
+
+    def __init__(self, forced: bool):
+        super().__init__("interrupted")
+        self.forced = forced
+
+
 def command(name: str) -> Callable[[F], F]:
     """Register the decorated function as ``s2l NAME``. The libraries' own bars and logs are
     silenced when the command runs, not before: ``--help`` imports no transformers. Invalid
     examples are reported with ``--skip-invalid`` as the way to drop them only by a command
-    that has that option, and only for the input it applies to."""
+    that has that option, and only for the input it applies to. Ctrl-C while it runs becomes
+    :class:`Interrupted`."""
 
     def register(function: F) -> F:
         has_skip = "skip_invalid" in inspect.signature(function).parameters
 
         @functools.wraps(function)
         def run(*args: Any, **kwargs: Any) -> Any:
-            quiet_libraries()
             try:
+                quiet_libraries()
                 return function(*args, **kwargs)
             except InvalidExamplesError as e:
                 offered = "--skip-invalid" if has_skip and e.skippable else None
                 raise S2LError(e.worded(offered)) from None
+            except KeyboardInterrupt:
+                raise Interrupted(forced=bool(kwargs.get("force"))) from None
 
         app.command(name)(run)
         return function

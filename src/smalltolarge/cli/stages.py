@@ -19,6 +19,16 @@ from smalltolarge.cli.common import (
     report_selection,
     selection_paths,
 )
+from smalltolarge.cli.modes import (
+    PER_SOURCE,
+    PREPARE,
+    RUN,
+    SELECT,
+    TRAIN_PROXY,
+    check_options,
+    select_modes,
+    selects_per_source,
+)
 from smalltolarge.cli.options import (
     BatchOpt,
     BudgetOpt,
@@ -66,7 +76,11 @@ from smalltolarge.settings import (
     ProxySettings,
     ScoreSettings,
     SelectSettings,
+    spelled_as,
 )
+
+#: How ``prepare`` and ``run`` spell the dedup settings (``s2l dedup`` has its own names).
+DEDUP_OPTIONS = {"dedup": "--dedup", "dedup_threshold": "--dedup-threshold"}
 
 
 @command("prepare")
@@ -91,24 +105,25 @@ def prepare_cmd(
     """1-2. Load the pool, get the proxy's tokenizer, tokenise with the response mask."""
     from smalltolarge.prepare import prepare
 
-    _check_dedup_threshold_given_alone(ctx, dedup)
-    prepare(
-        pool,
-        run_dir,
-        proxy=proxy,
-        template=template,
-        max_length=max_length,
-        prompt_column=prompt_column,
-        input_column=input_column,
-        response_column=response_column,
-        source_column=source_column,
-        id_column=id_column,
-        split=split,
-        on_invalid="skip" if skip_invalid else "error",
-        preset=preset,
-        dedup=dedup,
-        dedup_threshold=dedup_threshold,
-    )
+    check_options(ctx, PREPARE, {"prepare"})
+    with spelled_as(DEDUP_OPTIONS):
+        prepare(
+            pool,
+            run_dir,
+            proxy=proxy,
+            template=template,
+            max_length=max_length,
+            prompt_column=prompt_column,
+            input_column=input_column,
+            response_column=response_column,
+            source_column=source_column,
+            id_column=id_column,
+            split=split,
+            on_invalid="skip" if skip_invalid else "error",
+            preset=preset,
+            dedup=dedup,
+            dedup_threshold=dedup_threshold,
+        )
 
 
 @command("dedup")
@@ -136,8 +151,11 @@ def dedup_cmd(
     input's format; OUT/duplicates.json lists the groups."""
     from smalltolarge.data import load_pool
     from smalltolarge.dedup import DUPLICATES_FILE, DedupSettings, write_deduplicated
+    from smalltolarge.runs import output_dir
 
-    settings = DedupSettings(on=on, threshold=threshold)
+    with spelled_as({"dedup": "--on", "dedup_threshold": "--threshold"}):
+        settings = DedupSettings(on=on, threshold=threshold)
+    output_dir(out)  # before the pool is read
     loaded = load_pool(
         pool,
         prompt_column=prompt_column,
@@ -158,6 +176,7 @@ def dedup_cmd(
 
 @command("train-proxy")
 def train_proxy_cmd(
+    ctx: typer.Context,
     run_dir: RunDirOpt = DEFAULT_RUN_DIR,
     epochs: EpochsOpt = ProxySettings.epochs,
     lr: LrOpt = ProxySettings.learning_rate,
@@ -184,6 +203,7 @@ def train_proxy_cmd(
     """3. Train the proxy on the whole pool, recording its trajectories at T points of training."""
     from smalltolarge.proxy import train_proxy
 
+    check_options(ctx, TRAIN_PROXY, {"recording" if record else "not-recording"})
     done = train_proxy(
         run_dir,
         epochs=epochs,
@@ -251,6 +271,7 @@ def score_cmd(
 
 @command("select")
 def select_cmd(
+    ctx: typer.Context,
     run_dir: RunDirOpt = DEFAULT_RUN_DIR,
     method: MethodOpt = SelectSettings.method,
     budget: BudgetOpt = str(SelectSettings.budget),
@@ -302,9 +323,11 @@ def select_cmd(
     from smalltolarge.report import print_paths, print_selection_summary
     from smalltolarge.subset import select_subset
 
-    if "," in budget:
+    modes = select_modes(budget, stratify_by, preset, trajectories)
+    check_options(ctx, SELECT, modes)
+    if "nested" in modes:
         _select_nested(run_dir, method, budget, clusters, stratify_by, seed, name,
-                       trajectories, outlier_max_size, report, force)  # fmt: skip
+                       outlier_max_size, preset, force, report)  # fmt: skip
         return
     result = select_subset(
         run_dir,
@@ -476,43 +499,44 @@ def run_cmd(
     """1-5. The whole chain; stages whose inputs and settings did not change are reused."""
     from smalltolarge.pipeline import run_pipeline
 
-    _check_dedup_threshold_given_alone(ctx, dedup)
-    result = run_pipeline(
-        pool,
-        run_dir,
-        proxy=proxy,
-        template=template,
-        max_length=max_length,
-        prompt_column=prompt_column,
-        input_column=input_column,
-        response_column=response_column,
-        source_column=source_column,
-        id_column=id_column,
-        split=split,
-        on_invalid="skip" if skip_invalid else "error",
-        dedup=dedup,
-        dedup_threshold=dedup_threshold,
-        epochs=epochs,
-        learning_rate=lr,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        warmup_ratio=warmup_ratio,
-        n_checkpoints=checkpoints,
-        checkpoint_every=checkpoint_every,
-        precision=precision,
-        score_precision=score_precision,
-        proxy_seed=proxy_seed,
-        max_tokens=max_tokens,
-        method=method,
-        budget=budget,
-        n_clusters=clusters,
-        stratify_by=stratify_by,
-        target_set=target_set,
-        target_weight=target_weight,
-        seed=seed,
-        preset=preset,
-        force=force,
-    )
+    check_options(ctx, RUN, {PER_SOURCE if selects_per_source(stratify_by, preset) else "global"})
+    with spelled_as(DEDUP_OPTIONS):
+        result = run_pipeline(
+            pool,
+            run_dir,
+            proxy=proxy,
+            template=template,
+            max_length=max_length,
+            prompt_column=prompt_column,
+            input_column=input_column,
+            response_column=response_column,
+            source_column=source_column,
+            id_column=id_column,
+            split=split,
+            on_invalid="skip" if skip_invalid else "error",
+            dedup=dedup,
+            dedup_threshold=dedup_threshold,
+            epochs=epochs,
+            learning_rate=lr,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            warmup_ratio=warmup_ratio,
+            n_checkpoints=checkpoints,
+            checkpoint_every=checkpoint_every,
+            precision=precision,
+            score_precision=score_precision,
+            proxy_seed=proxy_seed,
+            max_tokens=max_tokens,
+            method=method,
+            budget=budget,
+            n_clusters=clusters,
+            stratify_by=stratify_by,
+            target_set=target_set,
+            target_weight=target_weight,
+            seed=seed,
+            preset=preset,
+            force=force,
+        )
     report_run(result)
 
 
@@ -531,31 +555,26 @@ def demo_cmd(
     report_selection(run_dir, result.selection.directory.name, report)
 
 
-def _check_dedup_threshold_given_alone(ctx: typer.Context, dedup: str | None) -> None:
-    # a threshold without --dedup would be silently ignored
-    given = ctx.get_parameter_source("dedup_threshold")  # typer's own click: compare by name
-    if dedup is None and given is not None and given.name != "DEFAULT":
-        raise S2LError(f"--dedup-threshold needs --dedup {choices(DEDUP_ON)}")
-
-
 def _select_nested(
-    run_dir, method, budget, clusters, stratify_by, seed, name, trajectories, outlier, report, force
+    run_dir, method, budget, clusters, stratify_by, seed, name, outlier, preset, force, report
 ) -> None:
     from smalltolarge.nested import ORDER_FILE, select_nested
     from smalltolarge.report import print_paths, print_selection_summary
 
-    if method != "s2l" or trajectories is not None:
+    if method != "s2l":
         raise S2LError(
-            "nested budgets (a comma-separated --budget) are for s2l on the run's own trajectories"
+            f"nested budgets (a comma-separated --budget) are for s2l, not --method {method}: "
+            "select one budget at a time"
         )
     results = select_nested(
         run_dir,
         [b.strip() for b in budget.split(",") if b.strip()],
         seed=seed,
         n_clusters=clusters,
-        outlier_max_size=outlier or 0,
+        outlier_max_size=outlier,
         stratify_by=stratify_by,
         name=name,
+        preset=preset,
         force=force,
     )
     for result in results:

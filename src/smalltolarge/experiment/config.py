@@ -86,6 +86,7 @@ from smalltolarge.compare import BASE, FULL_POOL, RANDOM
 from smalltolarge.demo_data import DEMO_EVAL, DEMO_POOL
 from smalltolarge.errors import S2LError
 from smalltolarge.presets import PRESETS
+from smalltolarge.runs import output_dir
 from smalltolarge.selection import SELECTORS, make_selector
 from smalltolarge.settings import (
     PRECISIONS,
@@ -286,7 +287,10 @@ def load_config(
     chosen_out = out_dir if out_dir is not None else values["out_dir"]
     return ExperimentConfig(
         name=name,
-        out_dir=Path(chosen_out) if chosen_out is not None else Path("runs/experiments") / name,
+        out_dir=output_dir(
+            chosen_out if chosen_out is not None else Path("runs/experiments") / name,
+            "-o" if out_dir is not None else "out_dir",
+        ),
         pool=_data_path(values["pool"], base, "pool"),
         eval=_data_path(values["eval"], base, "eval"),
         proxy=sections["proxy"],
