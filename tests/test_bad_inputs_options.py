@@ -39,6 +39,7 @@ SAMPLES: dict[str, dict[str, tuple[list[str], str, object]]] = {
         "outlier_max_size": (["--outlier-max-size", "4"], "outlier_max_size", 4),
         "target_set": (["--target-set", "aim.jsonl"], "target_set", "aim.jsonl"),
         "target_weight": (["--target-weight", "0.9"], "target_weight", 0.9),
+        "method_setting": (["--method-setting", "n_iter=7"], "n_iter", 7),
         "force": (["--force"], "force", True),
         "preset": (["--preset", "reference"], "preset", "reference"),
         "report": (["--report"], "", None),  # the command writes it after the selection

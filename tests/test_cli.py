@@ -323,3 +323,24 @@ def test_unknown_method_and_missing_run(monkeypatch, capsys, run_copy, tmp_path)
     assert_clean_error(code, err, "unknown selection method 'magic'")
     code, _, err = s2l(monkeypatch, capsys, "score", "--run-dir", tmp_path / "nothing")
     assert_clean_error(code, err, "s2l prepare")
+
+
+def test_method_setting_reaches_the_method(monkeypatch, capsys, run_copy):
+    code, out, err = s2l(
+        monkeypatch, capsys, "select", "-r", str(run_copy.root), "--method", "s2l-cut",
+        "--budget", "0.2", "--method-setting", "cut_fraction=0.25", "--stratify-by", "source",
+    )  # fmt: skip
+    assert code == 0, err
+    summary = json.loads(
+        next((run_copy.root / "selections").glob("s2l-cut-*/summary.json")).read_text()
+    )
+    assert summary["settings"]["cut_fraction"] == 0.25
+    code, _, err = s2l(
+        monkeypatch, capsys, "select", "-r", str(run_copy.root), "--method", "random",
+        "--method-setting", "cut_fraction=0.25",
+    )  # fmt: skip
+    assert_clean_error(code, err, "does not take cut_fraction")
+    code, _, err = s2l(
+        monkeypatch, capsys, "select", "-r", str(run_copy.root), "--method-setting", "nope"
+    )
+    assert_clean_error(code, err, "--method-setting 'nope': give KEY=VALUE")

@@ -136,6 +136,15 @@ class RunDir:
     def __init__(self, root: str | os.PathLike):
         self.root = output_dir(root, "--run-dir")
 
+    def __fspath__(self) -> str:
+        return os.fspath(self.root)
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
+
     @classmethod
     def of(cls, run_dir: str | os.PathLike | RunDir) -> RunDir:
         """``run_dir`` itself if it is a :class:`RunDir`, else the run directory at that path."""

@@ -118,6 +118,12 @@ SELECT = _table(
         "target_weight": use(
             "single", needs="target_set", why="it weighs the target set's pull on the quotas"
         ),
+        "method_setting": use(
+            "single",
+            PER_SOURCE,
+            "imported",
+            why="nested budgets rank with plain S2L's settings (--clusters, --outlier-max-size)",
+        ),
         "force": use(EVERYWHERE),
         "preset": use(EVERYWHERE),
         "report": use(EVERYWHERE),

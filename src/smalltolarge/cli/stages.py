@@ -311,6 +311,16 @@ def select_cmd(
     ] = None,
     target_set: TargetSetOpt = SelectSettings.target_set,
     target_weight: TargetWeightOpt = SelectSettings.target_weight,
+    method_setting: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--method-setting",
+            help="KEY=VALUE: a further setting of the method, by its Python name (e.g. "
+            "check_weight=0.5 for s2l-checked, cut_fraction=0.2 for s2l-cut, n_iter=50); "
+            "repeatable. A setting the method does not take is refused.",
+            show_default=False,
+        ),
+    ] = None,
     force: ForceOpt = False,
     preset: PresetOpt = None,
     report: ReportOpt = False,
@@ -340,7 +350,7 @@ def select_cmd(
         trajectories=trajectories,
         trajectory_ids=trajectory_ids,
         pool=pool,
-        settings={"outlier_max_size": outlier_max_size},
+        settings={"outlier_max_size": outlier_max_size, **method_settings(method_setting)},
         preset=preset,
         target_set=target_set,
         target_weight=target_weight,
@@ -349,6 +359,24 @@ def select_cmd(
     print_selection_summary(result.summary)
     print_paths(selection_paths(result))
     report_selection(run_dir, result.directory.name, report)
+
+
+def method_settings(pairs: list[str] | None) -> dict[str, object]:
+    """``["k=v", ...]`` of ``--method-setting`` as ``{k: v}``, each value read as JSON where it
+    is JSON (``0.5``, ``3``, ``true``), else as text."""
+    import json
+
+    out: dict[str, object] = {}
+    for pair in pairs or []:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip() or not text.strip():
+            raise S2LError(f"--method-setting {pair!r}: give KEY=VALUE, e.g. check_weight=0.5")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        out[key.strip()] = value
+    return out
 
 
 @command("probe")
