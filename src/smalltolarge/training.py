@@ -25,6 +25,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from smalltolarge.errors import S2LError
 from smalltolarge.formatting import collate
+from smalltolarge.losses import chunked_lm_loss, supports_chunked_loss
 from smalltolarge.progress import bar, library_bars, messages
 from smalltolarge.runs import atomic_write_json, distributed_state, read_json, step_dirs
 
@@ -258,13 +259,47 @@ def last_complete_checkpoint(resume_dir: str | Path, *, is_main_process: bool = 
 
 
 class SeededOrderTrainer(Trainer):
-    """``Trainer`` whose length-grouped batch order is a function of the seed and the epoch.
+    """``Trainer`` whose length-grouped batch order is a function of the seed and the epoch,
+    and whose loss needs no full-vocabulary logits.
 
     The stock length-grouped sampler draws each epoch's order from the global RNG, which a
     resumed run reaches in another state than an uninterrupted one, so a run resumed after
     its first epoch would train on other batches. With the order seeded per epoch, a resumed
     run trains on exactly the batches of an uninterrupted one.
+
+    The loss is the model's own (``model(**batch).loss``, normalised over the accumulated
+    batch as ``Trainer`` does it), computed by :func:`~smalltolarge.losses.chunked_lm_loss`:
+    the output projection and cross-entropy of the labelled positions only, in chunks. The
+    (batch x length x vocabulary) logits of the plain forward pass were most of the memory
+    of training (8.5 GB in fp32 for a batch of 128 x 339 tokens of a 49,152-token vocabulary,
+    several times that with their copies in the loss and its gradient). Models it does not
+    apply to (:func:`~smalltolarge.losses.supports_chunked_loss`), sharded training (FSDP,
+    DeepSpeed: the output projection's weight is not whole outside the forward pass) and
+    ``chunked_loss = False`` get the stock loss.
     """
+
+    chunked_loss: bool = True
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        lm = self._chunked_loss_model(return_outputs)
+        if lm is not None and "labels" in inputs:
+            # Trainer.compute_loss calls the model and applies its own scaling (accumulation
+            # across processes) to what comes back: it gets the chunked loss in its place.
+            model = _ChunkedLoss(model, lm, self.accelerator.autocast)
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def _chunked_loss_model(self, return_outputs: bool):
+        """The causal LM whose loss is computed chunked, or None for the stock loss."""
+        if not self.chunked_loss or return_outputs:
+            return None
+        if self.label_smoother is not None or self.compute_loss_func is not None:
+            return None
+        if getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False):
+            return None
+        lm = self.accelerator.unwrap_model(self.model)
+        if hasattr(lm, "get_base_model"):  # peft: the model with the adapters in place
+            lm = lm.get_base_model()
+        return lm if supports_chunked_loss(lm) else None
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
@@ -276,6 +311,25 @@ class SeededOrderTrainer(Trainer):
             lengths=list(dataset[self.args.length_column_name]),
             seed=seed,
         )
+
+
+class _ChunkedLoss:
+    """Stands in for the model in ``Trainer.compute_loss``: returns ``{"loss": ...}`` computed
+    by :func:`~smalltolarge.losses.chunked_lm_loss` through the (possibly wrapped) model, or
+    the model's own output where that gives None."""
+
+    def __init__(self, model, lm, autocast):
+        self.model, self.lm, self.autocast = model, lm, autocast
+
+    def __call__(self, num_items_in_batch=None, **inputs):
+        with self.autocast():
+            loss = chunked_lm_loss(
+                self.lm, inputs, num_items_in_batch=num_items_in_batch, forward=self.model
+            )
+        if loss is None:
+            extra = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
+            return self.model(**inputs, **extra)
+        return {"loss": loss}
 
 
 class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
