@@ -275,21 +275,23 @@ def test_null_response_is_not_a_missing_field(monkeypatch, capsys, tmp_path):
 # ---- the Python API and the output -------------------------------------------------------
 
 
-def test_importing_the_package_sets_the_passive_openmp_wait_policy():
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+def test_importing_the_package_sets_the_passive_openmp_wait_policy_and_small_onednn_caches():
+    names = ("OMP_WAIT_POLICY", "ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    env["LRU_CACHE_CAPACITY"] = "99"  # a value the user set is kept
     out = subprocess.run(
         [
             sys.executable,
             "-c",
             "import os, sys, smalltolarge; "
-            "print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)",
+            f"print(*[os.environ[n] for n in {names!r}], 'torch' in sys.modules)",
         ],
         capture_output=True,
         text=True,
         check=True,
         env=env,
     ).stdout
-    assert out.split() == ["PASSIVE", "False"]
+    assert out.split() == ["PASSIVE", "16", "99", "False"]
 
 
 def test_progress_false_hides_library_bars_and_restores_them():

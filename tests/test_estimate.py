@@ -77,6 +77,13 @@ def test_counts_flops_and_time(small):
     assert saved["flops_saved"] == pytest.approx(full.flops - quarter.flops - est.selection_flops)
     text = format_estimate(est)
     assert "selection costs" in text and "budget 0.25 (10 examples)" in text
+    # peak memory of both trainings at their batches (tiny's 16, fine-tuning's 8)
+    assert list(est.memory) == ["proxy training", "target fine-tuning"]
+    proxy_plan = est.memory["proxy training"]
+    assert proxy_plan.asked.batch_size == 16 and proxy_plan.asked.longest <= 128
+    assert est.memory["target fine-tuning"].asked.batch_size == 8
+    assert "proxy training memory: batch 16 needs ~" in text
+    assert "target fine-tuning memory: batch 8 needs ~" in text
 
 
 def test_untied_embedding_is_left_out(tmp_path):

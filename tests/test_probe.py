@@ -139,6 +139,9 @@ def test_checked_selection_reads_the_probe(run_copy, target_dir):
     probe_target(
         run_copy, str(target_dir), max_length=MAX_LENGTH, fraction=0.5, seed=1, progress=False
     )
-    assert first.summary["fingerprint"] != select_subset(
-        run_copy, method="s2l-checked", budget=0.2, stratify_by="source", name="after", seed=0
-    ).summary["fingerprint"]
+    assert (
+        first.summary["fingerprint"]
+        != select_subset(
+            run_copy, method="s2l-checked", budget=0.2, stratify_by="source", name="after", seed=0
+        ).summary["fingerprint"]
+    )

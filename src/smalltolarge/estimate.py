@@ -41,7 +41,12 @@ import numpy as np
 
 from smalltolarge.errors import S2LError
 from smalltolarge.readers import first_line
-from smalltolarge.settings import PrepareSettings, ProxySettings, SelectSettings
+from smalltolarge.settings import (
+    FinetuneSettings,
+    PrepareSettings,
+    ProxySettings,
+    SelectSettings,
+)
 
 
 @dataclass
@@ -77,6 +82,8 @@ class Estimate:
     selection_seconds: float
     savings: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
+    #: "proxy training" / "target fine-tuning" -> the :class:`BatchPlan` of its peak memory
+    memory: dict[str, BatchPlan] = field(default_factory=dict)
 
 
 def estimate(
@@ -94,6 +101,8 @@ def estimate(
     tokens_per_second: float | None = None,
     target_tokens_per_second: float | None = None,
     probe_steps: int = 4,
+    batch_size: int | None = ProxySettings.batch_size,
+    target_batch_size: int = FinetuneSettings.batch_size,
 ) -> Estimate:
     """Estimate the compute and wall time of S2L on ``pool`` and what its subsets save.
 
@@ -110,6 +119,10 @@ def estimate(
         target_tokens_per_second: target fine-tuning tokens/s per device [default: measured
             by the probe when ``tokens_per_second`` is too, else the proxy's FLOP/s].
         probe_steps: timed optimizer steps of the probe (after one warm-up step).
+        batch_size, target_batch_size: the per-device batches of proxy training (default: the
+            preset's, or 128 for a pretrained proxy) and of fine-tuning, whose peak memory
+            (:func:`training_memory`, at the longest example, AdamW, ``auto`` precision) is
+            set against this machine's free memory (:func:`plan_batch`).
 
     Raises:
         S2LError: an unreadable pool or model, or settings that price nothing.
@@ -118,6 +131,7 @@ def estimate(
     from smalltolarge.formatting import tokenise_pool
     from smalltolarge.models import (
         PRESETS,
+        REFERENCE_BATCH_SIZE,
         check_model_name,
         is_preset,
         load_tokenizer,
@@ -152,6 +166,27 @@ def estimate(
 
     n_proxy = compute_parameters(proxy, tokenizer=proxy_tok)
     n_target = compute_parameters(target)
+    if batch_size is None:
+        preset = PRESETS.get(proxy)
+        batch_size = preset.batch_size if preset else REFERENCE_BATCH_SIZE
+    lengths = proxy_tokenised.lengths
+    memory = {
+        name: plan
+        for name, plan in (
+            ("proxy training", _memory_plan(proxy, proxy_tok, batch_size, lengths, notes)),
+            (
+                "target fine-tuning",
+                _memory_plan(
+                    target,
+                    target_tok,
+                    target_batch_size,
+                    lengths if target_tokenised is None else target_tokenised.lengths,
+                    notes,
+                ),
+            ),
+        )
+        if plan is not None
+    }
 
     if tokens_per_second is not None:
         if not tokens_per_second > 0:
@@ -244,7 +279,28 @@ def estimate(
         selection_seconds=selection_seconds,
         savings=savings,
         notes=notes,
+        memory=memory,
     )
+
+
+def _memory_plan(model: str, tokenizer, batch_size: int, lengths, notes: list[str]):
+    """The :class:`BatchPlan` of training ``model`` on this machine's default device, or None
+    (with a note) when even one example would not fit."""
+    from smalltolarge.models import default_device, resolve_precision
+
+    device = default_device()
+    try:
+        return plan_batch(
+            empty_model(model, tokenizer=tokenizer),
+            batch_size=batch_size,
+            grad_accum=1,
+            longest=int(np.max(lengths)),
+            precision=resolve_precision("auto", device),
+            device=device,
+        )
+    except S2LError as e:
+        notes.append(f"{model}: {e}")
+        return None
 
 
 def compute_parameters(model: str, *, tokenizer=None) -> int:
@@ -255,6 +311,17 @@ def compute_parameters(model: str, *, tokenizer=None) -> int:
     allocated. The input embedding is left out (a lookup, no FLOPs); the output projection
     counts, tied to it or not.
     """
+    built = empty_model(model, tokenizer=tokenizer)
+    # Counted by role, not by identity: on the meta device tied weights may be two tensors.
+    embedding = built.get_input_embeddings().weight
+    head = built.get_output_embeddings().weight
+    body = sum(p.numel() for p in built.parameters() if p is not embedding and p is not head)
+    return int(body + head.numel())
+
+
+def empty_model(model: str, *, tokenizer=None):
+    """``model`` (a preset sized for ``tokenizer``, or a HF name/path/short name) built from
+    its config on the meta device: every tensor's shape and dtype, no memory."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -264,18 +331,12 @@ def compute_parameters(model: str, *, tokenizer=None) -> int:
         if is_preset(model):
             if tokenizer is None:
                 raise S2LError(f"the '{model}' preset is sized by its tokenizer; pass one")
-            built = build_preset_model(model, tokenizer, seed=0)
-        else:
-            try:
-                config = AutoConfig.from_pretrained(resolve_model(model))
-            except (OSError, ValueError) as e:
-                raise S2LError(f"could not read the config of '{model}': {first_line(e)}") from e
-            built = AutoModelForCausalLM.from_config(config)
-    # Counted by role, not by identity: on the meta device tied weights may be two tensors.
-    embedding = built.get_input_embeddings().weight
-    head = built.get_output_embeddings().weight
-    body = sum(p.numel() for p in built.parameters() if p is not embedding and p is not head)
-    return int(body + head.numel())
+            return build_preset_model(model, tokenizer, seed=0)
+        try:
+            config = AutoConfig.from_pretrained(resolve_model(model))
+        except (OSError, ValueError) as e:
+            raise S2LError(f"could not read the config of '{model}': {first_line(e)}") from e
+        return AutoModelForCausalLM.from_config(config)
 
 
 def probe_throughput(
@@ -389,6 +450,8 @@ def format_estimate(est: Estimate) -> str:
             f"it {verb} {abs(s['flops_saved']):.3g} FLOPs, about "
             f"{_duration(abs(s['seconds_saved']))}"
         )
+    for name, plan in est.memory.items():
+        lines.append(f"{name} {plan.message()}")
     lines += [f"note: {n}" for n in est.notes]
     return "\n".join(lines)
 
@@ -399,3 +462,276 @@ def _duration(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+# ---- memory of training ---------------------------------------------------------------------
+
+#: Bytes kept for the backward pass per token and layer, per unit of width, by precision:
+#: (per hidden unit H, per MLP unit I, per attention head and key position). Measured on a
+#: CPU with the tensors torch allocates in one training step (Llama and GPT-2, widths 64-256,
+#: lengths 64-256, sdpa and eager attention, fp32 and bf16 autocast; the largest of each), as
+#: `tests/test_memory.py` checks: fp32 keeps ~11 hidden-sized and ~5 MLP-sized fp32 tensors a
+#: layer, autocast ~10 hidden-sized (norms stay fp32) and ~1.5 MLP-sized; attention that
+#: keeps its (heads x length x length) scores costs up to ~8 bytes per head and key.
+ACTIVATION_BYTES = {"fp32": (44, 21, 8), "amp": (40, 6, 8)}
+#: Bytes per logit alive at once in the loss and its gradient: the logits, their fp32 copy, the
+#: log-softmax kept for the backward pass and two gradients (plus a low-precision copy of each
+#: under autocast).
+LOGIT_BYTES = {"fp32": 16, "amp": 20}
+#: The share of the free memory an estimate may take: the allocator's slack, the libraries and
+#: the scoring done while training need the rest.
+MEMORY_HEADROOM = 0.85
+
+
+@dataclass(frozen=True)
+class TrainingMemory:
+    """Estimated peak memory of one training process, in bytes, by part, for micro-batches
+    of ``batch_size`` examples of ``longest`` tokens: the weights (and their low-precision
+    copies under autocast), their gradients, AdamW's two moments, the activations kept for the
+    backward pass and the logits alive at once in the loss."""
+
+    batch_size: int
+    longest: int
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    logits: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.logits
+
+    def describe(self) -> str:
+        parts = ("weights", "gradients", "optimizer", "activations", "logits")
+        named = ", ".join(f"{p} {_gb(getattr(self, p))}" for p in parts)
+        return f"~{_gb(self.total)} ({named})"
+
+
+def training_memory(
+    model: Any,
+    *,
+    batch_size: int,
+    longest: int,
+    precision: str,
+    device: Any = "cpu",
+    chunked: bool | None = None,
+) -> TrainingMemory:
+    """The peak memory of training ``model`` (built, on any device, ``meta`` too; a peft model
+    counts only its adapters as trained) with AdamW on micro-batches of ``batch_size`` x
+    ``longest`` tokens in ``precision`` (fp32, bf16, fp16) on ``device``.
+
+    ``chunked`` (default: whether :func:`~smalltolarge.losses.supports_chunked_loss`) says
+    whether the loss runs through :func:`~smalltolarge.losses.chunked_lm_loss`, whose logits
+    are at most a chunk's (every labelled position's when they fit in one chunk), or through
+    the model's own full (batch x length x vocabulary) logits. Every position is counted as
+    labelled. The formula and its constants (:data:`ACTIVATION_BYTES`, :data:`LOGIT_BYTES`) are
+    this one place; training (:func:`plan_batch`) and ``s2l estimate`` use it.
+    """
+    import torch
+
+    from smalltolarge.losses import logit_budget, logit_chunk_rows, supports_chunked_loss
+
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
+    hidden = int(config.hidden_size)
+    layers = int(config.num_hidden_layers)
+    heads = int(config.num_attention_heads)
+    mlp = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
+    mlp = int(mlp or 4 * hidden)
+    head = lm.get_output_embeddings()
+    vocab = int(head.weight.shape[0]) if head is not None else int(config.vocab_size)
+    if chunked is None:
+        chunked = supports_chunked_loss(lm)
+    amp = precision in ("bf16", "fp16")
+    kind = "amp" if amp else "fp32"
+
+    unique = {id(p): p for p in model.parameters()}.values()
+    weights = sum(p.numel() * p.element_size() for p in unique)
+    trained = sum(p.numel() * p.element_size() for p in unique if p.requires_grad)
+    if amp:  # autocast's low-precision copies of the weights, kept for the backward pass
+        weights += 2 * sum(p.numel() for p in unique if p.is_floating_point())
+    tokens = batch_size * longest
+    per_h, per_i, per_key = ACTIVATION_BYTES[kind]
+    # the embeddings, the final norm and the hidden states gathered for the loss: one layer more
+    activations = tokens * (layers + 1) * (per_h * hidden + per_i * mlp + per_key * heads * longest)
+    device = torch.device(device)
+    if chunked:
+        rows = (
+            tokens
+            if tokens * vocab <= logit_budget(device)
+            else logit_chunk_rows(device, vocab, None)
+        )
+        logits = LOGIT_BYTES[kind] * vocab * min(rows, tokens)
+    else:
+        logits = LOGIT_BYTES[kind] * vocab * tokens
+    return TrainingMemory(
+        batch_size=batch_size,
+        longest=longest,
+        weights=int(weights),
+        gradients=int(trained),
+        optimizer=int(2 * trained),
+        activations=int(activations),
+        logits=int(logits),
+    )
+
+
+def available_memory(device: Any) -> int | None:
+    """Bytes free for training on ``device``, or None when unknown: a GPU's free memory
+    (``torch.cuda.mem_get_info``); on a CPU the kernel's available memory (``MemAvailable``),
+    or less when the process's control group is limited (what is left of its limit)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    known = [m for m in (_meminfo_available(), _cgroup_left()) if m is not None]
+    return min(known) if known else None
+
+
+def _meminfo_available() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
+
+
+def _cgroup_left() -> int | None:
+    """The process's control-group memory limit less its usage (cgroup v2, then v1)."""
+    from pathlib import Path
+
+    candidates = []
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                candidates.append(Path("/sys/fs/cgroup") / line[3:].lstrip("/"))
+    except OSError:
+        pass
+    candidates.append(Path("/sys/fs/cgroup"))
+    for base in candidates:
+        try:
+            limit = (base / "memory.max").read_text().strip()
+            used = (base / "memory.current").read_text().strip()
+        except OSError:
+            continue
+        return None if limit == "max" else max(0, int(limit) - int(used))
+    v1 = Path("/sys/fs/cgroup/memory")
+    try:
+        limit = int((v1 / "memory.limit_in_bytes").read_text())
+        used = int((v1 / "memory.usage_in_bytes").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if limit >= 1 << 60 else max(0, limit - used)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """The per-device batch and gradient accumulation a training runs with: the asked-for
+    ones, or a smaller batch with proportionally more accumulation (the same effective batch)
+    where the asked-for one would not fit ``available`` bytes. ``asked`` and ``chosen`` are
+    the estimates at both; ``available`` is None when the device's memory is unknown."""
+
+    batch_size: int
+    grad_accum: int
+    asked: TrainingMemory
+    chosen: TrainingMemory
+    available: int | None
+    device: str
+
+    @property
+    def split(self) -> bool:
+        return self.chosen.batch_size != self.asked.batch_size
+
+    def message(self) -> str:
+        """One line: what was estimated, and how the batch was split to fit."""
+        where = f"{self.device} has {_gb(self.available)} free" if self.available else ""
+        asked = self.asked.batch_size
+        if not self.split:
+            return f"memory: batch {asked} needs {self.asked.describe()}; {where}"
+        effective = self.batch_size * self.grad_accum
+        return (
+            f"memory: batch {asked} would need {self.asked.describe()} but {where}: training "
+            f"with batch {self.batch_size} x {self.grad_accum} accumulation steps instead "
+            f"(~{_gb(self.chosen.total)}; the same effective batch of {effective})"
+        )
+
+    def record(self) -> dict[str, Any]:
+        """The plan as JSON-ready metadata."""
+        return {
+            "batch_size": self.batch_size,
+            "grad_accum": self.grad_accum,
+            "estimated_bytes": self.chosen.total,
+            "estimated_bytes_asked": self.asked.total,
+            "available_bytes": self.available,
+            "split": self.split,
+        }
+
+
+def plan_batch(
+    model: Any,
+    *,
+    batch_size: int,
+    grad_accum: int,
+    longest: int,
+    precision: str,
+    device: Any,
+    chunked: bool | None = None,
+    available: int | None = None,
+) -> BatchPlan:
+    """Keep ``batch_size`` where its :func:`training_memory` fits :data:`MEMORY_HEADROOM` of
+    the device's free memory (``available``, default :func:`available_memory`; the weights
+    already on the device count as free), else the largest divisor of ``batch_size`` that
+    fits, with ``grad_accum`` multiplied by the same factor.
+
+    Raises:
+        S2LError: even a batch of one example would not fit; the message gives the numbers.
+    """
+    import torch
+
+    device = torch.device(device)
+    if available is None:
+        available = available_memory(device)
+
+    def estimate_at(b: int) -> TrainingMemory:
+        return training_memory(
+            model, batch_size=b, longest=longest, precision=precision, device=device,
+            chunked=chunked,
+        )  # fmt: skip
+
+    asked = estimate_at(batch_size)
+    plan = BatchPlan(batch_size, grad_accum, asked, asked, available, str(device))
+    if available is None:
+        return plan
+    unique = {id(p): p for p in model.parameters()}.values()
+    resident = sum(p.numel() * p.element_size() for p in unique if p.device == device)
+    room = MEMORY_HEADROOM * (available + resident)
+    if asked.total <= room:
+        return plan
+    for b in sorted((d for d in range(1, batch_size) if batch_size % d == 0), reverse=True):
+        chosen = estimate_at(b)
+        if chosen.total <= room:
+            return BatchPlan(
+                b, grad_accum * (batch_size // b), asked, chosen, available, str(device)
+            )
+    one = estimate_at(1)
+    raise S2LError(
+        f"training needs {one.describe()} even with one example of {longest} tokens per "
+        f"batch, but {device} has {_gb(available)} free (of which {MEMORY_HEADROOM:.0%} is "
+        "used for training); free memory, use a shorter --max-length or a smaller model"
+    )
+
+
+def _gb(n: int | None) -> str:
+    if n is None:
+        return "unknown"
+    return f"{n / 1e9:.2f} GB" if n < 1e11 else f"{n / 1e9:.0f} GB"

@@ -1,4 +1,5 @@
-"""The loss kernel: every example's mean response-token loss under a model.
+"""The loss kernel: every example's mean response-token loss under a model, and the training
+loss computed the same way.
 
 Scoring a run, recording trajectories while the proxy trains and the held-out evaluation all
 compute the same number, so they share this kernel:
@@ -7,15 +8,24 @@ compute the same number, so they share this kernel:
 - the backbone runs once, then the output projection and cross-entropy only at response
   positions, never a full (batch x length x vocabulary) logits tensor;
 - under ``torch.inference_mode`` and, optionally, bf16/fp16 autocast.
+
+Training (the proxy and the target, :mod:`smalltolarge.training`) computes its loss with
+:func:`chunked_lm_loss`: the same projection of the labelled positions only, in chunks, with
+gradients, and each chunk recomputed in the backward pass when the labelled logits would not
+fit in one chunk, so that no more than one chunk's logits are ever alive.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import functools
+import inspect
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
 from smalltolarge.formatting import TokenArrays, length_batches
@@ -152,6 +162,94 @@ def response_losses(
     return losses, pooled
 
 
+def chunked_lm_loss(
+    model: PreTrainedModel,
+    inputs: Mapping[str, Any],
+    *,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    forward: Callable[..., Any] | None = None,
+    max_logit_elements: int | None = None,
+) -> torch.Tensor | None:
+    """The training loss of a causal LM, ``model(**inputs).loss`` as Hugging Face computes it,
+    without its full (batch x length x vocabulary) logits; None where this cannot be done
+    (:func:`supports_chunked_loss` is False, or no token of the batch is labelled).
+
+    ``inputs`` hold ``labels`` (-100 where no loss) and the model's other inputs. The loss is
+    HF's: the summed token cross-entropy divided by ``num_items_in_batch`` (the labelled tokens
+    of all the micro-batches of an optimiser step, as ``Trainer`` counts them) or, when that is
+    None, by this batch's labelled tokens. The model runs through ``forward`` (default: the
+    model itself; a ``DistributedDataParallel`` wrapper must be called for its gradients to be
+    synchronised) with ``logits_to_keep=1``; its backbone's last hidden state is taken by a
+    forward hook, and only the labelled positions go through the output projection and
+    cross-entropy, in chunks of at most ``max_logit_elements`` logits (default as in
+    :func:`response_losses`). When the labelled logits exceed one chunk, each chunk is
+    recomputed in the backward pass (``torch.utils.checkpoint``) instead of being kept.
+    Autocast applies as set by the caller.
+    """
+    if not supports_chunked_loss(model):
+        return None
+    labels = inputs["labels"]
+    targets = labels[:, 1:]
+    mask = targets != -100
+    n = int(mask.sum())
+    if n == 0:
+        return None
+    head = model.get_output_embeddings()
+    backbone = getattr(model, model.base_model_prefix)
+    captured: list[torch.Tensor] = []
+
+    def keep_hidden(module, args, output):
+        captured.append(output[0])  # last_hidden_state of a ModelOutput or of a tuple
+
+    handle = backbone.register_forward_hook(keep_hidden)
+    try:
+        rest = {k: v for k, v in inputs.items() if k != "labels"}
+        (forward or model)(**rest, use_cache=False, logits_to_keep=1)
+    finally:
+        handle.remove()
+    hidden = captured[-1][:, :-1][mask]
+    gold = targets[mask]
+    budget = logit_budget(hidden.device, max_logit_elements)
+    rows = logit_chunk_rows(hidden.device, head.weight.shape[0], max_logit_elements)
+    recompute = n * head.weight.shape[0] > budget
+    part = functools.partial(_nll_sum, head)
+    total = sum(
+        checkpoint(part, h, g, use_reentrant=False) if recompute else part(h, g)
+        for h, g in zip(hidden.split(rows), gold.split(rows), strict=True)
+    )
+    divisor = n if num_items_in_batch is None else num_items_in_batch
+    if torch.is_tensor(divisor):
+        divisor = divisor.to(total.device)
+    return total / divisor
+
+
+def _nll_sum(head: torch.nn.Module, hidden: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), gold, reduction="sum")
+
+
+def supports_chunked_loss(model: PreTrainedModel) -> bool:
+    """Whether :func:`chunked_lm_loss` gives ``model``'s own loss: its logits are its output
+    projection of its backbone's last hidden state (no soft-capping or scaling), and its
+    forward pass takes ``logits_to_keep`` (transformers >= 4.50)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    return (
+        head is not None
+        and getattr(head, "weight", None) is not None
+        and isinstance(backbone, torch.nn.Module)
+        and not has_logit_postprocessing(model)
+        and "logits_to_keep" in inspect.signature(type(model).forward).parameters
+    )
+
+
+def logit_budget(device: torch.device, max_logit_elements: int | None = None) -> int:
+    """Logits computed at once by the loss kernel: ``max_logit_elements``, or 2**26 on a CPU
+    and 2**28 (1 GiB in fp32) on an accelerator (see :func:`logit_chunk_rows`)."""
+    if max_logit_elements:
+        return max_logit_elements
+    return 1 << 26 if torch.device(device).type == "cpu" else 1 << 28
+
+
 def logit_chunk_rows(device: torch.device, vocab: int, max_logit_elements: int | None) -> int:
     """Rows of logits computed at once by :func:`response_losses`.
 
@@ -161,10 +259,8 @@ def logit_chunk_rows(device: torch.device, vocab: int, max_logit_elements: int |
     idle between small products (an H200 scored Pythia-70M's shape at 0.89M tokens/s through
     them, against 2.9M for a plain forward pass; benchmarks/results/gpu).
     """
-    if device.type == "cpu":
-        elements = max_logit_elements or 1 << 26
-        return max(1, min(1024, elements // vocab))
-    return max(1, (max_logit_elements or 1 << 28) // vocab)
+    rows = max(1, logit_budget(device, max_logit_elements) // vocab)
+    return min(1024, rows) if torch.device(device).type == "cpu" else rows
 
 
 def has_logit_postprocessing(model: PreTrainedModel) -> bool:

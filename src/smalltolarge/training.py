@@ -10,10 +10,11 @@ differs (its model, its data, its outputs and its metadata).
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from smalltolarge.errors import S2LError
+from smalltolarge.estimate import BatchPlan, available_memory, plan_batch, training_memory
 from smalltolarge.formatting import collate
+from smalltolarge.losses import chunked_lm_loss, supports_chunked_loss
 from smalltolarge.progress import bar, library_bars, messages
 from smalltolarge.runs import atomic_write_json, distributed_state, read_json, step_dirs
 
@@ -94,7 +97,11 @@ def fit(
        (default: ``resume_dir``) -- outputs of that other training.
     2. Resume from the last checkpoint in ``resume_dir`` that was written to the end.
     3. Train ``total_steps`` steps, saving resumable state every ``save_steps``; batches are
-       right-padded with ``pad_id``.
+       right-padded with ``pad_id``. Where the estimated peak memory of the recipe's batch
+       (:func:`~smalltolarge.estimate.plan_batch`) would not fit the device, the per-device
+       batch is divided and the gradient accumulation multiplied by the same factor (the
+       effective batch, the data of each step and the fingerprint stay), said in one line;
+       where even one example would not fit, :class:`S2LError` with the numbers.
     4. Save: ``save(trainer)`` (called on every process, which may have to take part in
        gathering sharded weights) writes the stage's outputs and returns its metadata; the
        main process writes it to ``meta_path`` with ``fingerprint`` and how training went
@@ -114,10 +121,18 @@ def fit(
             shutil.rmtree(stale or resume_dir, ignore_errors=True)
         atomic_write_json(marker, {"fingerprint": fingerprint})
     state.wait_for_everyone()
+    plan = batch_plan(model, dataset, recipe)
+    if plan.split:
+        say(f"{name}: {plan.message()}")
+    run_recipe = replace(recipe, batch_size=plan.batch_size, grad_accum=plan.grad_accum)
     trainer = SeededOrderTrainer(
         model=model,
         args=training_arguments(
-            resume_dir, recipe, total_steps=total_steps, save_steps=save_steps, progress=progress
+            resume_dir,
+            run_recipe,
+            total_steps=total_steps,
+            save_steps=save_steps,
+            progress=progress,
         ),
         train_dataset=dataset,
         data_collator=lambda examples: collate(examples, pad_id),
@@ -157,6 +172,7 @@ def fit(
         "resumed_from_step": resumed_from,
         "processes": state.num_processes,
         "pad_token_id": pad_id,
+        "memory": plan.record(),
         "train_loss_first": losses[0][1] if losses else None,
         "train_loss_last": losses[-1][1] if losses else None,
         "train_loss_history": losses,
@@ -167,6 +183,40 @@ def fit(
         shutil.rmtree(resume_dir, ignore_errors=True)
     state.wait_for_everyone()
     return meta
+
+
+def batch_plan(model: torch.nn.Module, dataset: Any, recipe: Recipe) -> BatchPlan:
+    """The per-device batch and accumulation that ``recipe`` trains ``model`` with on this
+    process's device (:func:`~smalltolarge.estimate.plan_batch`, for the dataset's longest
+    example; on a CPU the processes of the machine share its free memory); under
+    ``accelerate launch`` every process takes the smallest batch any of them needs, so that
+    all accumulate alike."""
+    state = distributed_state()
+    sizes = dict(longest=int(max(dataset["length"])), precision=recipe.precision)
+    available = available_memory(state.device)
+    if available is not None and state.device.type == "cpu":
+        # the processes of this machine share its memory
+        available //= int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
+    plan = plan_batch(
+        model,
+        batch_size=recipe.batch_size,
+        grad_accum=recipe.grad_accum,
+        device=state.device,
+        available=available,
+        **sizes,
+    )
+    if state.num_processes > 1 and torch.distributed.is_initialized():
+        smallest = torch.tensor([plan.batch_size], device=state.device)
+        torch.distributed.all_reduce(smallest, op=torch.distributed.ReduceOp.MIN)
+        batch = int(smallest.item())  # a divisor of the recipe's batch, as every plan's is
+        if batch != plan.batch_size:
+            plan = replace(
+                plan,
+                batch_size=batch,
+                grad_accum=recipe.grad_accum * (recipe.batch_size // batch),
+                chosen=training_memory(model, batch_size=batch, device=state.device, **sizes),
+            )
+    return plan
 
 
 def last_logged_loss(trainer: Trainer) -> float | None:
@@ -258,13 +308,47 @@ def last_complete_checkpoint(resume_dir: str | Path, *, is_main_process: bool = 
 
 
 class SeededOrderTrainer(Trainer):
-    """``Trainer`` whose length-grouped batch order is a function of the seed and the epoch.
+    """``Trainer`` whose length-grouped batch order is a function of the seed and the epoch,
+    and whose loss needs no full-vocabulary logits.
 
     The stock length-grouped sampler draws each epoch's order from the global RNG, which a
     resumed run reaches in another state than an uninterrupted one, so a run resumed after
     its first epoch would train on other batches. With the order seeded per epoch, a resumed
     run trains on exactly the batches of an uninterrupted one.
+
+    The loss is the model's own (``model(**batch).loss``, normalised over the accumulated
+    batch as ``Trainer`` does it), computed by :func:`~smalltolarge.losses.chunked_lm_loss`:
+    the output projection and cross-entropy of the labelled positions only, in chunks. The
+    (batch x length x vocabulary) logits of the plain forward pass were most of the memory
+    of training (8.5 GB in fp32 for a batch of 128 x 339 tokens of a 49,152-token vocabulary,
+    several times that with their copies in the loss and its gradient). Models it does not
+    apply to (:func:`~smalltolarge.losses.supports_chunked_loss`), sharded training (FSDP,
+    DeepSpeed: the output projection's weight is not whole outside the forward pass) and
+    ``chunked_loss = False`` get the stock loss.
     """
+
+    chunked_loss: bool = True
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        lm = self._chunked_loss_model(return_outputs)
+        if lm is not None and "labels" in inputs:
+            # Trainer.compute_loss calls the model and applies its own scaling (accumulation
+            # across processes) to what comes back: it gets the chunked loss in its place.
+            model = _ChunkedLoss(model, lm, self.accelerator.autocast)
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def _chunked_loss_model(self, return_outputs: bool):
+        """The causal LM whose loss is computed chunked, or None for the stock loss."""
+        if not self.chunked_loss or return_outputs:
+            return None
+        if self.label_smoother is not None or self.compute_loss_func is not None:
+            return None
+        if getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False):
+            return None
+        lm = self.accelerator.unwrap_model(self.model)
+        if hasattr(lm, "get_base_model"):  # peft: the model with the adapters in place
+            lm = lm.get_base_model()
+        return lm if supports_chunked_loss(lm) else None
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
@@ -276,6 +360,25 @@ class SeededOrderTrainer(Trainer):
             lengths=list(dataset[self.args.length_column_name]),
             seed=seed,
         )
+
+
+class _ChunkedLoss:
+    """Stands in for the model in ``Trainer.compute_loss``: returns ``{"loss": ...}`` computed
+    by :func:`~smalltolarge.losses.chunked_lm_loss` through the (possibly wrapped) model, or
+    the model's own output where that gives None."""
+
+    def __init__(self, model, lm, autocast):
+        self.model, self.lm, self.autocast = model, lm, autocast
+
+    def __call__(self, num_items_in_batch=None, **inputs):
+        with self.autocast():
+            loss = chunked_lm_loss(
+                self.lm, inputs, num_items_in_batch=num_items_in_batch, forward=self.model
+            )
+        if loss is None:
+            extra = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
+            return self.model(**inputs, **extra)
+        return {"loss": loss}
 
 
 class EpochSeededLengthGroupedSampler(LengthGroupedSampler):

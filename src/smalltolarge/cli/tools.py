@@ -11,6 +11,7 @@ import typer
 
 from smalltolarge.cli.common import command
 from smalltolarge.cli.options import (
+    BatchOpt,
     CkptOpt,
     EpochsOpt,
     MaxLenOpt,
@@ -18,7 +19,7 @@ from smalltolarge.cli.options import (
     ProxyOpt,
     TemplateOpt,
 )
-from smalltolarge.settings import PrepareSettings, ProxySettings
+from smalltolarge.settings import FinetuneSettings, PrepareSettings, ProxySettings
 
 
 @command("truncate-model")
@@ -134,9 +135,14 @@ def estimate_cmd(
             show_default=False,
         ),
     ] = None,
+    batch_size: BatchOpt = ProxySettings.batch_size,
+    target_batch_size: Annotated[
+        int, typer.Option(help="Per-device batch of target fine-tuning.")
+    ] = FinetuneSettings.batch_size,
 ) -> None:
     """Before training anything: the pool's tokens, each stage's FLOPs and wall time, what
-    selection costs and what fine-tuning on the subset saves."""
+    selection costs and what fine-tuning on the subset saves, and the peak memory of proxy
+    training and fine-tuning against this machine's free memory."""
     from smalltolarge.estimate import estimate, format_estimate
 
     result = estimate(
@@ -152,5 +158,7 @@ def estimate_cmd(
         template=template,
         tokens_per_second=tokens_per_second,
         target_tokens_per_second=target_tokens_per_second,
+        batch_size=batch_size,
+        target_batch_size=target_batch_size,
     )
     typer.echo(format_estimate(result))
