@@ -254,6 +254,52 @@ def _text(value: Any, name: str) -> tuple[str | None, str | None]:
     return str(value), None
 
 
+#: The roles a chat turn may have: a system turn (first, at most one), then user turns and
+#: assistant turns in alternation, a ``tool`` turn (a tool's result) taking a user turn's place
+#: after an assistant turn that called the tool.
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+
+def check_roles(turns: list[dict[str, str]]) -> str | None:
+    """What is wrong with the order of the roles of ``turns`` (a chat up to its last assistant
+    turn), or None.
+
+    The rule is the strictest of the trainers a chat is exported to: LLaMA-Factory's sharegpt
+    reader (0.9.x) skips a chat, with a log line only, whose turns after an optional leading
+    system turn do not go user (or tool), assistant, user (or tool), assistant, ...; most chat
+    templates raise on the same chats. Refusing them when the pool is read names the example,
+    and ``--skip-invalid`` counts them, instead of a trainer dropping them unseen.
+    """
+    for k, turn in enumerate(turns):
+        if turn["role"] not in CHAT_ROLES:
+            return (
+                f"turn {k + 1} has the role {turn['role']!r}; the roles are "
+                f"{', '.join(CHAT_ROLES[:-1])} and {CHAT_ROLES[-1]}"
+            )
+    start = 1 if turns and turns[0]["role"] == "system" else 0
+    for k in range(start, len(turns)):
+        role = turns[k]["role"]
+        if role == "system":
+            return f"turn {k + 1} is a system turn; a system turn can only be the first"
+        if k == start and role != "user":
+            where = "after the system turn" if start else "first"
+            article = "an" if role == "assistant" else "a"
+            return f"turn {k + 1} is {article} {role} turn {where}; a chat starts with a user turn"
+        expected = "assistant" if (k - start) % 2 else "user"
+        if expected == "assistant" and role != "assistant":
+            previous = turns[k - 1]["role"]
+            return (
+                f"turns {k} and {k + 1} are {previous} then {role}; user (or tool) and "
+                "assistant turns must alternate"
+            )
+        if expected == "user" and role == "assistant":
+            return (
+                f"turns {k} and {k + 1} are both assistant turns; user (or tool) and "
+                "assistant turns must alternate"
+            )
+    return None
+
+
 def _parse_chat(value: Any) -> tuple[str | None, str | None, str, str | None]:
     """``(instruction, response, prompt-messages JSON, problem)`` of one chat example.
 
@@ -290,6 +336,9 @@ def _parse_chat(value: Any) -> tuple[str | None, str | None, str, str | None]:
         return None, None, "", "empty response"
     if not prompt_turns:
         return None, None, "", "empty prompt"
+    role_problem = check_roles(turns[: last + 1])
+    if role_problem is not None:
+        return None, None, "", f"malformed messages ({role_problem})"
     non_system = [t for t in prompt_turns if t["role"] != "system"]
     if len(non_system) == 1 and non_system[0]["role"] == "user":
         instruction = non_system[0]["content"]
