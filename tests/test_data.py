@@ -110,6 +110,7 @@ def test_jsonl_alpaca_values_and_schema(tmp_path):
         "source": "source",
         "id": "id",
         "split": None,
+        "system": None,
     }
     assert tuple(pool.dataset.column_names) == NORMALISED_COLUMNS
     assert len(pool) == 4
@@ -343,6 +344,7 @@ def test_explicit_columns(tmp_path):
         "source": "task",
         "id": "uid",
         "split": None,
+        "system": None,
     }
     row = pool.dataset[0]
     assert (row["id"], row["instruction"], row["input"], row["response"], row["source"]) == (

@@ -89,9 +89,12 @@ def export_selection(
     name = _safe_name(name or summary.get("name", "subset"))
 
     chat = pool.schema["kind"] == "messages"
-    consumed = {pool.schema[k] for k in ("prompt", "input", "response") if pool.schema.get(k)}
+    keys = ("prompt", "input", "response", "system")
+    consumed = {pool.schema[k] for k in keys if pool.schema.get(k)}
+    # a text pool's system prompts get a field of their own (a chat's are its first turn)
+    system = not chat and pool.schema.get("system") is not None
     columns = pool.dataset.select_columns(
-        ["row", "instruction", "input", "response", "messages"]
+        ["row", "instruction", "input", "response", "messages", "system"]
     ).to_dict()
     rows = []
     for k, row in enumerate(columns["row"]):
@@ -101,11 +104,15 @@ def export_selection(
             "input": columns["input"][k],
             "response": columns["response"][k],
             "prompt_turns": json.loads(columns["messages"][k]) if chat else None,
+            "system": columns["system"][k] if system else None,
         }
         rows.append((example, original))
 
     if fmt == "alpaca" or (fmt in ("llama-factory", "axolotl") and not chat):
-        data = [_merge(_alpaca(ex), original) for ex, original in rows]
+        # axolotl's alpaca_w_system renders no preamble for an empty system; S2L (and axolotl's
+        # plain alpaca) render the Alpaca preamble: written out, the prompts are the same
+        preamble = fmt == "axolotl" and system
+        data = [_merge(_alpaca(ex, preamble), original) for ex, original in rows]
     else:
         data = [_merge({"messages": _messages(ex)}, original) for ex, original in rows]
 
@@ -119,9 +126,9 @@ def export_selection(
         )
     files = [data_file]
     if fmt == "llama-factory":
-        files.append(_write_dataset_info(out, name, data_file.name, chat))
+        files.append(_write_dataset_info(out, name, data_file.name, chat, system))
     elif fmt == "axolotl":
-        files.append(_write_axolotl_yaml(out, name, data_file, chat))
+        files.append(_write_axolotl_yaml(out, name, data_file, chat, system))
     meta_path = out / EXPORT_META
     meta = read_json(meta_path) if meta_path.is_file() else {}
     meta[data_file.name] = {
@@ -166,8 +173,13 @@ def check_export(path: str | os.PathLike) -> None:
         )
 
 
-def _alpaca(ex: dict[str, Any]) -> dict[str, Any]:
+def _alpaca(ex: dict[str, Any], preamble: bool = False) -> dict[str, Any]:
+    """An alpaca record; a text pool's system prompt goes to ``system`` on every record ("" for
+    none, or with ``preamble`` the Alpaca preamble the prompt then has, see
+    :func:`~smalltolarge.formatting.format_prompt`)."""
     record = {"instruction": ex["instruction"], "input": ex["input"], "output": ex["response"]}
+    if ex["system"] is not None:
+        record["system"] = ex["system"] or (_alpaca_preamble(ex["input"]) if preamble else "")
     turns = ex["prompt_turns"]
     non_system = [t for t in turns or [] if t["role"] != "system"]
     if turns and turns[0]["role"] == "system" and len(non_system) == 1:
@@ -182,6 +194,8 @@ def _messages(ex: dict[str, Any]) -> list[dict[str, str]]:
     else:
         user = ex["instruction"] + (f"\n\n{ex['input']}" if ex["input"] else "")
         turns = [{"role": "user", "content": user}]
+        if ex["system"]:
+            turns.insert(0, {"role": "system", "content": ex["system"]})
     return [*turns, {"role": "assistant", "content": ex["response"]}]
 
 
@@ -192,8 +206,19 @@ def _merge(fields: dict[str, Any], original: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _write_dataset_info(out: Path, name: str, file_name: str, chat: bool) -> Path:
-    """``dataset_info.json`` with the entry ``name``; entries already there are kept."""
+def _alpaca_preamble(input_text: str) -> str:
+    """The preamble of S2L's Alpaca prompt (with or without an input), without its blank line."""
+    from smalltolarge.formatting import ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT
+
+    template = ALPACA_PROMPT_WITH_INPUT if input_text else ALPACA_PROMPT
+    return template[: template.index("### Instruction:")].removesuffix("\n\n")
+
+
+def _write_dataset_info(
+    out: Path, name: str, file_name: str, chat: bool, system: bool = False
+) -> Path:
+    """``dataset_info.json`` with the entry ``name``; entries already there are kept. A text
+    pool's system prompts are mapped (``columns.system``): without it LLaMA-Factory reads none."""
     if chat:
         entry = {
             "file_name": file_name,
@@ -213,6 +238,8 @@ def _write_dataset_info(out: Path, name: str, file_name: str, chat: bool) -> Pat
             "formatting": "alpaca",
             "columns": {"prompt": "instruction", "query": "input", "response": "output"},
         }
+        if system:
+            entry["columns"]["system"] = "system"
     path = out / "dataset_info.json"
     info = read_json(path) if path.is_file() else {}
     info[name] = entry
@@ -220,7 +247,9 @@ def _write_dataset_info(out: Path, name: str, file_name: str, chat: bool) -> Pat
     return path
 
 
-def _write_axolotl_yaml(out: Path, name: str, data_file: Path, chat: bool) -> Path:
+def _write_axolotl_yaml(
+    out: Path, name: str, data_file: Path, chat: bool, system: bool = False
+) -> Path:
     import yaml
 
     stanza: dict[str, Any] = {"path": str(data_file.resolve()), "ds_type": "json"}
@@ -231,6 +260,10 @@ def _write_axolotl_yaml(out: Path, name: str, data_file: Path, chat: bool) -> Pa
             message_property_mappings={"role": "role", "content": "content"},
             roles_to_train=["assistant"],
         )
+    elif system:
+        # `alpaca` reads instruction/input/output only; this reads `system` too and renders
+        # "{system}\n\n### Instruction:..." (its `load`, the default, is USER:/ASSISTANT:)
+        stanza["type"] = "alpaca_w_system.load_instruct"
     else:
         stanza["type"] = "alpaca"
     path = out / f"{name}.axolotl.yaml"

@@ -49,6 +49,15 @@ ALPACA_PROMPT_WITH_INPUT = (
 ALPACA_REFERENCE_PROMPT = ALPACA_PROMPT.removesuffix("\n")
 ALPACA_REFERENCE_PROMPT_WITH_INPUT = ALPACA_PROMPT_WITH_INPUT.removesuffix("\n")
 
+
+def alpaca_turn(template: str) -> str:
+    """An Alpaca prompt template without its preamble: from ``### Instruction:`` on."""
+    return template[template.index("### Instruction:") :]
+
+
+#: The pool's columns a prompt is made of, in :func:`format_prompt`'s order.
+_PROMPT_COLUMNS = ("instruction", "input", "messages", "system")
+
 #: Columns of the tokenised dataset.
 #: input_ids: int32 token ids, prompt then response then eos (possibly truncated);
 #: response_start: index of the first response token; length: len(input_ids);
@@ -111,19 +120,31 @@ def format_prompt(
     *,
     template: str = "alpaca",
     tokenizer: PreTrainedTokenizerBase | None = None,
+    system: str = "",
 ) -> str:
     """The prompt text of one example under ``template`` (one of :data:`TEMPLATES`).
 
     ``messages`` is the pool's JSON list of prompt turns for chat pools ("" otherwise). The
     chat template is the tokenizer's own; the Alpaca template is S2L's reference format.
+
+    ``system`` is a text example's system prompt (the pool's ``system`` column). The chat
+    template gets it as a system message before the user's. In the Alpaca template it takes
+    the place of the preamble ("Below is an instruction that describes a task. ..."), followed
+    by a blank line: that preamble is the Alpaca format's own system prompt, and this is how
+    LLaMA-Factory's ``alpaca`` template and axolotl's ``alpaca_w_system.load_instruct`` render
+    a system text (axolotl's exactly; LLaMA-Factory's without the blank line). An empty
+    ``system`` keeps the preamble: the prompt is then exactly what it was without a system
+    column.
     """
     if template in ("alpaca", "alpaca-reference"):
         reference = template == "alpaca-reference"
         if input_text:
             text = ALPACA_REFERENCE_PROMPT_WITH_INPUT if reference else ALPACA_PROMPT_WITH_INPUT
-            return text.format(instruction=instruction, input=input_text)
-        text = ALPACA_REFERENCE_PROMPT if reference else ALPACA_PROMPT
-        return text.format(instruction=instruction)
+        else:
+            text = ALPACA_REFERENCE_PROMPT if reference else ALPACA_PROMPT
+        if system:
+            text = system.replace("{", "{{").replace("}", "}}") + "\n\n" + alpaca_turn(text)
+        return text.format(instruction=instruction, input=input_text)
     if template == "chat":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise S2LError("template 'chat' needs a tokenizer with a chat template")
@@ -132,6 +153,8 @@ def format_prompt(
         else:
             content = f"{instruction}\n\n{input_text}" if input_text else instruction
             turns = [{"role": "user", "content": content}]
+            if system:
+                turns.insert(0, {"role": "system", "content": system})
         return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
     check_choice("template", template, TEMPLATES)
     raise AssertionError(template)  # every template is handled above
@@ -160,8 +183,8 @@ def tokenise_pool(
 
     def encode(batch: dict, indices: list[int]) -> dict:
         prompts = [
-            format_prompt(i, x, m, template=template, tokenizer=tokenizer)
-            for i, x, m in zip(batch["instruction"], batch["input"], batch["messages"], strict=True)
+            format_prompt(i, x, m, template=template, tokenizer=tokenizer, system=s)
+            for i, x, m, s in zip(*(batch[c] for c in _PROMPT_COLUMNS), strict=True)
         ]
         p_ids = tokenizer(prompts, add_special_tokens=add_special)["input_ids"]
         r_ids = tokenizer(batch["response"], add_special_tokens=False)["input_ids"]
