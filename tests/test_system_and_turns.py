@@ -100,7 +100,7 @@ def test_without_system_prompts_tokenised_bit_for_bit_as_before(tmp_path, tok, n
     records = {"alpaca": ALPACA, "qa": QA, "chat": CHAT, "multi": MULTI}[name]
     pool = load_pool(write_jsonl(tmp_path / f"{name}.jsonl", records))
     assert "system" not in pool.input_columns and pool.schema["system"] is None
-    kwargs = {}
+    kwargs = {"assistant_turns": "last"} if name == "multi" else {}
     for template in TEMPLATES:
         t = tokenise_pool(pool, tok, template=template, max_length=256, **kwargs)
         assert [pool.fingerprint, t.fingerprint, digest(t)] == BEFORE[f"{name}/{template}"]
@@ -247,3 +247,148 @@ def test_exports_without_a_system_column_have_no_system_field(tmp_path):
     assert "system" not in entry["columns"]
     stanza = yaml.safe_load(export_selection(sel, "axolotl").files[1].read_text())["datasets"][0]
     assert stanza["type"] == "alpaca"
+
+
+# --------------------------------------------------------------------------------------------
+# multi-turn chats: every assistant turn labelled
+# --------------------------------------------------------------------------------------------
+
+
+def labelled_text(tokenizer, example) -> list[str]:
+    """The labelled stretches of one tokenised example, decoded, in order (from collate)."""
+    from smalltolarge.formatting import collate
+
+    batch = collate([example])
+    labels = batch["labels"][0].tolist()
+    runs, current = [], []
+    for token in labels:
+        if token == -100:
+            if current:
+                runs.append(current)
+            current = []
+        else:
+            current.append(token)
+    if current:
+        runs.append(current)
+    return [tokenizer.decode(r) for r in runs]
+
+
+@pytest.fixture
+def multi_pool(tmp_path):
+    return load_pool(write_jsonl(tmp_path / "multi.jsonl", MULTI))
+
+
+def test_all_turns_alpaca_template(multi_pool, tok):
+    last = tokenise_pool(multi_pool, tok, max_length=256, assistant_turns="last")
+    every = tokenise_pool(multi_pool, tok, max_length=256)  # the default
+    assert every.assistant_turns == "all" and every.n_multi_turn == 1 and every.labels_all_turns
+    assert "label_spans" in every.dataset.column_names
+    assert "label_spans" not in last.dataset.column_names
+    assert every.fingerprint != last.fingerprint
+    m1 = every.dataset[0]
+    assert labelled_text(tok, m1) == ["Hello", "4</s>"]
+    assert labelled_text(tok, last.dataset[0]) == ["4</s>"]
+    # the prompt says the same, cut in pieces at the turn's edges
+    assert tok.decode(m1["input_ids"][: m1["response_start"]]) == tok.decode(
+        last.dataset[0]["input_ids"][: last.dataset[0]["response_start"]]
+    )
+    # a single-turn chat is tokenised as it always was
+    assert every.dataset[1]["input_ids"] == last.dataset[1]["input_ids"]
+    assert every.dataset[1]["label_spans"] == []
+    assert list(every.response_lengths) == [
+        len(tok("Hello")["input_ids"]) + len(m1["input_ids"]) - m1["response_start"],
+        list(last.response_lengths)[1],
+    ]
+
+
+def test_all_turns_chat_template(multi_pool, tok):
+    every = tokenise_pool(multi_pool, tok, template="chat", max_length=256)
+    m1 = every.dataset[0]
+    assert tok.decode(m1["input_ids"]) == (
+        "<s><|user|>\nHi\n<|assistant|>\nHello\n<|user|>\n2+2?\n<|assistant|>\n4</s>"
+    )
+    # an earlier turn: its content and the template's end of turn, as trainers label it
+    assert labelled_text(tok, m1) == ["Hello\n", "4</s>"]
+
+
+def test_losses_count_every_labelled_token(multi_pool, tok):
+    """The scoring kernel (TokenArrays batches), the training collator and the plain
+    reference loss agree on the labels."""
+    import numpy as np
+    import torch
+
+    from smalltolarge.formatting import TokenArrays, collate
+    from smalltolarge.losses import reference_loss, score_model
+    from tests.conftest import tiny_llama
+
+    every = tokenise_pool(multi_pool, tok, template="chat", max_length=256)
+    arrays = TokenArrays.from_dataset(every.dataset)
+    batch = arrays.batch(np.arange(2))
+    examples = [every.dataset[i] for i in range(2)]
+    assert torch.equal(batch["labels"], collate(examples)["labels"])
+    model = tiny_llama(tok).eval()
+    scored = score_model(model, arrays)
+    expected = [reference_loss(model, e) for e in examples]
+    np.testing.assert_allclose(scored, expected, rtol=1e-5)
+    last = tokenise_pool(multi_pool, tok, template="chat", max_length=256, assistant_turns="last")
+    assert score_model(model, TokenArrays.from_dataset(last.dataset))[0] != pytest.approx(scored[0])
+
+
+def test_a_template_that_rewrites_earlier_turns_is_refused(multi_pool, tok):
+    from transformers import PreTrainedTokenizerFast
+
+    odd = PreTrainedTokenizerFast(
+        tokenizer_object=tok.backend_tokenizer,
+        bos_token=tok.bos_token,
+        eos_token=tok.eos_token,
+        pad_token=tok.pad_token,
+    )
+    # renders only the last two turns, as templates that drop earlier reasoning rewrite them
+    odd.chat_template = (
+        "{% for m in messages[-2:] %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    with pytest.raises(S2LError, match=r"id=m1: the chat template .* --assistant-turns last"):
+        tokenise_pool(multi_pool, odd, template="chat", max_length=256)
+    tokenise_pool(multi_pool, odd, template="chat", max_length=256, assistant_turns="last")
+
+
+def test_assistant_turns_setting_is_checked():
+    from smalltolarge.settings import PrepareSettings
+
+    with pytest.raises(S2LError, match="unknown assistant_turns 'first'; choose one of all, last"):
+        PrepareSettings(assistant_turns="first")
+
+
+def test_prepare_records_and_reuses(tmp_path, capsys):
+    from smalltolarge.prepare import prepare
+    from smalltolarge.runs import read_json
+
+    pool = write_jsonl(tmp_path / "multi.jsonl", MULTI * 1)
+    run = RunDir(tmp_path / "run")
+    prepare(pool, run, max_length=256)
+    out = capsys.readouterr().out
+    assert "1 multi-turn chats; the loss covers every assistant turn" in out
+    meta = read_json(run.tokenised_meta)
+    assert meta["assistant_turns"] == "all" and meta["n_multi_turn"] == 1
+    assert meta["labels"] == "every assistant turn + eos"
+    assert prepare(pool, run, max_length=256).reused
+    again = prepare(pool, run, max_length=256, assistant_turns="last")
+    assert not again.reused and "label_spans" not in again.tokenised.dataset.column_names
+    assert read_json(run.tokenised_meta)["labels"] == "the response (last assistant turn) + eos"
+
+
+def test_extension_rows_get_the_label_column_of_the_run():
+    import datasets
+
+    from smalltolarge.extend import _same_label_columns
+
+    features = datasets.Features(
+        {"id": datasets.Value("string"), "label_spans": datasets.List(datasets.Value("int32"))}
+    )
+    with_spans = datasets.Dataset.from_dict({"id": ["a"], "label_spans": [[1, 2]]}, features)
+    without = datasets.Dataset.from_dict({"id": ["b"]})
+    old, new = _same_label_columns(with_spans, without)
+    assert datasets.concatenate_datasets([old, new])["label_spans"] == [[1, 2], []]
+    old, new = _same_label_columns(without, with_spans)
+    assert datasets.concatenate_datasets([old, new])["label_spans"] == [[], [1, 2]]

@@ -145,6 +145,7 @@ RUN = _table(
         "skip_invalid": use(EVERYWHERE),
         "dedup": use(EVERYWHERE),
         "dedup_threshold": use(EVERYWHERE, needs="dedup", why=_DEDUP_WHY),
+        "assistant_turns": use(EVERYWHERE),
         "epochs": use(EVERYWHERE),
         "lr": use(EVERYWHERE),
         "batch_size": use(EVERYWHERE),
@@ -196,6 +197,7 @@ PREPARE = _table(
         "preset": use(EVERYWHERE),
         "dedup": use(EVERYWHERE),
         "dedup_threshold": use(EVERYWHERE, needs="dedup", why=_DEDUP_WHY),
+        "assistant_turns": use(EVERYWHERE),
     },
 )
 
