@@ -21,7 +21,6 @@ The schemas, as the trainers document them:
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -110,7 +109,13 @@ def test_alpaca_pool_every_format(tmp_path):
     done = export_selection(sel, "axolotl", tmp_path / "ax")
     stanza = yaml.safe_load(done.files[1].read_text())["datasets"][0]
     assert stanza["type"] == "alpaca" and stanza["ds_type"] == "json"
-    lines = [json.loads(x) for x in Path(stanza["path"]).read_text().splitlines()]
+    # relative to the export folder, so the folder can be copied to the training machine
+    assert (
+        stanza["path"] == "sel-a.jsonl" and "relative to this folder" in done.files[1].read_text()
+    )
+    lines = [
+        json.loads(x) for x in (done.files[1].parent / stanza["path"]).read_text().splitlines()
+    ]
     check_alpaca(lines)
     assert [x["id"] for x in lines] == ["a1", "a2"]
 
@@ -148,7 +153,7 @@ def test_chat_pool_sharegpt_and_chat_template(tmp_path):
     stanza = yaml.safe_load(done.files[1].read_text())["datasets"][0]
     assert stanza["type"] == "chat_template"
     keys = stanza["message_property_mappings"]
-    for line in Path(stanza["path"]).read_text().splitlines():
+    for line in (done.files[1].parent / stanza["path"]).read_text().splitlines():
         check_chat(json.loads(line)[stanza["field_messages"]], role=keys["role"])
 
     rows = json.loads(export_selection(sel, "alpaca", tmp_path / "al").files[0].read_text())
