@@ -149,7 +149,8 @@ def export_selection(
         )
     files = [data_file]
     if fmt == "llama-factory":
-        files.append(_write_dataset_info(out, name, data_file.name, chat, system))
+        tool = any(t["role"] == "tool" for ex, _ in rows for t in ex["prompt_turns"] or ())
+        files.append(_write_dataset_info(out, name, data_file.name, chat, system, tool))
     notes = _masking_notes(fmt, chat, turns) if turns else []
     if fmt == "axolotl":
         files.append(_write_axolotl_yaml(out, name, data_file, chat, system, mark_earlier, notes))
@@ -246,10 +247,12 @@ def _alpaca_preamble(input_text: str) -> str:
 
 
 def _write_dataset_info(
-    out: Path, name: str, file_name: str, chat: bool, system: bool = False
+    out: Path, name: str, file_name: str, chat: bool, system: bool = False, tool: bool = False
 ) -> Path:
     """``dataset_info.json`` with the entry ``name``; entries already there are kept. A text
-    pool's system prompts are mapped (``columns.system``): without it LLaMA-Factory reads none."""
+    pool's system prompts are mapped (``columns.system``): without it LLaMA-Factory reads none;
+    with ``tool`` turns, so is their role (``tags.observation_tag``), without which LLaMA-Factory
+    skips their chats (its default tag is ``observation``)."""
     if chat:
         entry = {
             "file_name": file_name,
@@ -261,10 +264,10 @@ def _write_dataset_info(
                 "user_tag": "user",
                 "assistant_tag": "assistant",
                 "system_tag": "system",
-                # without it LLaMA-Factory (observation_tag "observation") skips a tool turn's chat
-                "observation_tag": "tool",
             },
         }
+        if tool:
+            entry["tags"]["observation_tag"] = "tool"
     else:
         entry = {
             "file_name": file_name,
