@@ -392,3 +392,15 @@ def test_extension_rows_get_the_label_column_of_the_run():
     assert datasets.concatenate_datasets([old, new])["label_spans"] == [[1, 2], []]
     old, new = _same_label_columns(without, with_spans)
     assert datasets.concatenate_datasets([old, new])["label_spans"] == [[], [1, 2]]
+
+
+def test_finetune_learns_the_turns_the_run_scored(tmp_path):
+    from smalltolarge.finetune import _scored_turns
+
+    sel = _selection(tmp_path, MULTI)
+    assert _scored_turns(sel) == "all"  # no run around it: S2L's default
+    (tmp_path / "run" / "tokenised.json").write_text(json.dumps({"assistant_turns": "last"}))
+    assert _scored_turns(sel) == "last"
+    (tmp_path / "run" / "tokenised.json").write_text(json.dumps({"template": "alpaca"}))
+    assert _scored_turns(sel) == "last"  # tokenised before the setting: the last turn
+    assert _scored_turns(sel / "subset.jsonl") == "all"  # a file: as trainers learn
