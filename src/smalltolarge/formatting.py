@@ -178,10 +178,10 @@ def count_multi_turn(pool: Pool) -> int:
 
 
 def _has_assistant_turn(messages: str) -> bool:
-    return (
-        bool(messages)
-        and '"assistant"' in messages
-        and any(t["role"] == "assistant" for t in json.loads(messages))
+    # the pool writes its turns with json.dumps' separators: the text test spares parsing the
+    # many chats without an earlier assistant turn; the parse rules out one quoted in a content
+    return '"role": "assistant"' in messages and any(
+        t["role"] == "assistant" for t in json.loads(messages)
     )
 
 
