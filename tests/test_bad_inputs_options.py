@@ -59,6 +59,7 @@ SAMPLES: dict[str, dict[str, tuple[list[str], str, object]]] = {
         "skip_invalid": (["--skip-invalid"], "on_invalid", "skip"),
         "dedup": (["--dedup", "prompt"], "dedup", "prompt"),
         "dedup_threshold": (["--dedup-threshold", "0.7"], "dedup_threshold", 0.7),
+        "assistant_turns": (["--assistant-turns", "last"], "assistant_turns", "last"),
         "epochs": (["--epochs", "2.5"], "epochs", 2.5),
         "lr": (["--lr", "0.001"], "learning_rate", 0.001),
         "batch_size": (["--batch-size", "6"], "batch_size", 6),
@@ -96,6 +97,7 @@ SAMPLES: dict[str, dict[str, tuple[list[str], str, object]]] = {
         "preset": (["--preset", "reference"], "preset", "reference"),
         "dedup": (["--dedup", "prompt"], "dedup", "prompt"),
         "dedup_threshold": (["--dedup-threshold", "0.7"], "dedup_threshold", 0.7),
+        "assistant_turns": (["--assistant-turns", "last"], "assistant_turns", "last"),
     },
     "train-proxy": {
         "run_dir": (["-r", "RUN"], "run_dir", "RUN"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -109,6 +110,7 @@ def test_jsonl_alpaca_values_and_schema(tmp_path):
         "source": "source",
         "id": "id",
         "split": None,
+        "system": None,
     }
     assert tuple(pool.dataset.column_names) == NORMALISED_COLUMNS
     assert len(pool) == 4
@@ -283,6 +285,45 @@ def test_malformed_messages(tmp_path, messages, problem):
         load_pool(write_jsonl(tmp_path / "chat.jsonl", records))
 
 
+def _turns(*roles: str) -> list[dict]:
+    return [{"role": role, "content": f"{role} {k}"} for k, role in enumerate(roles)]
+
+
+@pytest.mark.parametrize(
+    ("roles", "problem"),
+    [
+        (("user", "user", "assistant"), "turns 1 and 2 are user then user"),
+        (("assistant", "user", "assistant"), "turn 1 is an assistant turn first"),
+        (("system", "assistant", "user", "assistant"), "turn 2 is an assistant turn after the"),
+        (("user", "tool", "assistant"), "turns 1 and 2 are user then tool"),
+        (("tool", "assistant"), "turn 1 is a tool turn first"),
+        (("user", "assistant", "system", "assistant"), "turn 3 is a system turn; a system turn"),
+        (("user", "assistant", "assistant"), "turns 2 and 3 are both assistant turns"),
+        (("developer", "user", "assistant"), "turn 1 has the role 'developer'; the roles are"),
+    ],
+)
+def test_chats_a_trainer_would_skip_are_refused(tmp_path, roles, problem):
+    """LLaMA-Factory skips these with a log line; they are refused where the pool is read, naming
+    the line and the id, or counted among the skipped with on_invalid='skip'."""
+    records = [*CHATS, {"id": "bad", "messages": _turns(*roles)}]
+    path = write_jsonl(tmp_path / "chat.jsonl", records)
+    where = r"chat\.jsonl line 3 \(id=bad\): malformed messages \("
+    with pytest.raises(S2LError, match=where + re.escape(problem)):
+        load_pool(path)
+    with pytest.warns(UserWarning, match="skipped 1 invalid example"):
+        pool = load_pool(path, on_invalid="skip")
+    assert pool.ids == ["c1", "c2"] and pool.skipped[0]["id"] == "bad"
+
+
+def test_tool_turns_and_what_follows_the_last_answer(tmp_path):
+    """A tool turn answers an assistant turn; turns after the last assistant turn are not
+    checked (they carry no target and are dropped)."""
+    ok = _turns("system", "user", "assistant", "tool", "assistant", "user", "user")
+    pool = load_pool(write_jsonl(tmp_path / "chat.jsonl", [{"id": "t", "messages": ok}]))
+    assert json.loads(column(pool, "messages")[0]) == ok[:4]
+    assert column(pool, "response") == ["assistant 4"]
+
+
 def test_explicit_columns(tmp_path):
     records = [
         {"uid": 7, "q": "Q", "ctx": "C", "a": "A", "task": "t1", "instruction": "x", "output": "y"}
@@ -303,6 +344,7 @@ def test_explicit_columns(tmp_path):
         "source": "task",
         "id": "uid",
         "split": None,
+        "system": None,
     }
     row = pool.dataset[0]
     assert (row["id"], row["instruction"], row["input"], row["response"], row["source"]) == (

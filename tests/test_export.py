@@ -21,7 +21,6 @@ The schemas, as the trainers document them:
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -110,7 +109,13 @@ def test_alpaca_pool_every_format(tmp_path):
     done = export_selection(sel, "axolotl", tmp_path / "ax")
     stanza = yaml.safe_load(done.files[1].read_text())["datasets"][0]
     assert stanza["type"] == "alpaca" and stanza["ds_type"] == "json"
-    lines = [json.loads(x) for x in Path(stanza["path"]).read_text().splitlines()]
+    # relative to the export folder, so the folder can be copied to the training machine
+    assert (
+        stanza["path"] == "sel-a.jsonl" and "relative to this folder" in done.files[1].read_text()
+    )
+    lines = [
+        json.loads(x) for x in (done.files[1].parent / stanza["path"]).read_text().splitlines()
+    ]
     check_alpaca(lines)
     assert [x["id"] for x in lines] == ["a1", "a2"]
 
@@ -148,7 +153,7 @@ def test_chat_pool_sharegpt_and_chat_template(tmp_path):
     stanza = yaml.safe_load(done.files[1].read_text())["datasets"][0]
     assert stanza["type"] == "chat_template"
     keys = stanza["message_property_mappings"]
-    for line in Path(stanza["path"]).read_text().splitlines():
+    for line in (done.files[1].parent / stanza["path"]).read_text().splitlines():
         check_chat(json.loads(line)[stanza["field_messages"]], role=keys["role"])
 
     rows = json.loads(export_selection(sel, "alpaca", tmp_path / "al").files[0].read_text())
@@ -187,3 +192,58 @@ def test_refusals(tmp_path):
         export_selection(sel, "csv")
     with pytest.raises(S2LError, match="not a finished selection"):
         export_selection(tmp_path, "alpaca")
+
+
+def test_plain_pools_export_as_before(tmp_path):
+    """Without system prompts or multi-turn chats the exports are what they were before issue
+    21 (checked byte for byte against 5583a7d's); only the axolotl path became relative."""
+    single = [CHAT[0], {**CHAT[1], "messages": CHAT[1]["messages"][2:]}]
+    for label, records in (("alpaca", ALPACA), ("chat", single)):
+        sel = _selection(tmp_path / label, records)
+        for fmt in FORMATS:
+            done = export_selection(sel, fmt)
+            assert done.notes == []
+            meta = json.loads((done.files[0].parent / "export.json").read_text())
+            assert set(meta[done.files[0].name]) == {
+                "selection", "selection_fingerprint", "format", "n"
+            }  # fmt: skip
+        info = json.loads((sel / "export" / "llama-factory" / "dataset_info.json").read_text())
+        stanza = yaml.safe_load((sel / "export" / "axolotl" / "sel-a.axolotl.yaml").read_text())
+        if label == "alpaca":
+            assert info["sel-a"] == {
+                "file_name": "sel-a.json",
+                "formatting": "alpaca",
+                "columns": {"prompt": "instruction", "query": "input", "response": "output"},
+            }
+            assert stanza == {
+                "datasets": [{"path": "sel-a.jsonl", "ds_type": "json", "type": "alpaca"}]
+            }
+        else:
+            assert info["sel-a"]["tags"] == {
+                "role_tag": "role",
+                "content_tag": "content",
+                "user_tag": "user",
+                "assistant_tag": "assistant",
+                "system_tag": "system",
+            }
+            assert stanza["datasets"][0] == {
+                "path": "sel-a.jsonl",
+                "ds_type": "json",
+                "type": "chat_template",
+                "field_messages": "messages",
+                "message_property_mappings": {"role": "role", "content": "content"},
+                "roles_to_train": ["assistant"],
+            }
+
+
+def test_export_command_prints_the_trainer_settings(tmp_path, monkeypatch, capsys):
+    from tests.test_bad_inputs import s2l
+
+    sel = _selection(tmp_path, CHAT)  # c2 is a multi-turn chat
+    code, out, err = s2l(monkeypatch, capsys, "export", sel, "--format", "llama-factory")
+    assert code == 0, err
+    assert "export: S2L scored every assistant turn of each chat: train with `mask_history: " \
+        "false`" in out  # fmt: skip
+    meta = json.loads((sel / "export" / "llama-factory" / "export.json").read_text())
+    assert meta["sel-a.json"]["assistant_turns"] == "all"
+    assert meta["sel-a.json"]["trainer_settings"][0].endswith("(LLaMA-Factory's default)")

@@ -78,7 +78,9 @@ class Pool:
     - ``response`` (str): the target text;
     - ``source`` (str): the example's source/task label, ``""`` when the pool has none;
     - ``messages`` (str): for chat pools, a JSON list of the prompt turns
-      ``[{"role": ..., "content": ...}, ...]`` (everything before the response); else ``""``.
+      ``[{"role": ..., "content": ...}, ...]`` (everything before the response); else ``""``;
+    - ``system`` (str): the system prompt of a text example (its ``system`` column), ``""``
+      when it has none; a chat's system prompt is its first turn, in ``messages``.
 
     ``input_columns`` lists every column of the input, in its order. ``extra`` holds the input
     columns asked for with ``load_pool(extra_columns=...)`` that the input has, as they were
@@ -310,6 +312,12 @@ def load_saved_pool(run_dir: RunDir) -> Pool:
         )
     meta = read_json(run_dir.pool_meta)
     dataset = datasets.load_from_disk(str(run_dir.pool_dir))
+    if (
+        isinstance(dataset, datasets.Dataset)
+        and tuple(dataset.column_names) == (NORMALISED_COLUMNS[:-1])
+    ):  # saved before the system column existed: no example had one, and the fingerprint
+        # of a pool without system prompts is what it was (schema.fingerprint_columns)
+        dataset = dataset.add_column("system", [""] * len(dataset))
     if not isinstance(dataset, datasets.Dataset) or tuple(dataset.column_names) != (
         NORMALISED_COLUMNS
     ):

@@ -230,8 +230,10 @@ def evaluate(
     tokenizer = load_tokenizer(model)
     check_tokenizer(tokenizer, str(model))
     prompts = [
-        format_prompt(i, x, m, template=template, tokenizer=tokenizer)
-        for i, x, m in zip(examples.instructions, examples.inputs, examples.messages, strict=True)
+        format_prompt(i, x, m, template=template, tokenizer=tokenizer, system=s)
+        for i, x, m, s in zip(
+            examples.instructions, examples.inputs, examples.messages, examples.systems, strict=True
+        )
     ]
     lm = load_causal_lm(model, dtype=autocast_dtype(resolved) or torch.float32).to(device)
     gen_start = time.perf_counter()
@@ -395,6 +397,7 @@ class _EvalExamples:
     instructions: list[str]
     inputs: list[str]
     messages: list[str]
+    systems: list[str]
     responses: list[str]
     answers: list[str | None]  # from the answer column; None where there is none
     answer_column: str | None
@@ -406,6 +409,7 @@ class _EvalExamples:
             instructions=self.instructions[:k],
             inputs=self.inputs[:k],
             messages=self.messages[:k],
+            systems=self.systems[:k],
             responses=self.responses[:k],
             answers=self.answers[:k],
             answer_column=self.answer_column,
@@ -449,6 +453,7 @@ def _eval_examples(pool: Pool, answer_column: str | None) -> _EvalExamples:
         instructions=columns["instruction"],
         inputs=columns["input"],
         messages=columns["messages"],
+        systems=columns["system"],
         responses=columns["response"],
         answers=answers,
         answer_column=name,

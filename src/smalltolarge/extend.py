@@ -145,7 +145,11 @@ def extend_run(
         added = load_pool(new_pool, like=base.schema, **pool_options)
     _refuse_known_ids(base, added, new_pool)
     new_tok = tokenise_pool(
-        added, tokenizer, template=tokenised.template, max_length=tokenised.max_length
+        added,
+        tokenizer,
+        template=tokenised.template,
+        max_length=tokenised.max_length,
+        assistant_turns=tokenised.assistant_turns,
     )
     history = _history(run, base)
     name = f"ext{len(history['extensions']) + 1}"
@@ -316,6 +320,28 @@ def _plan(previous: dict, budget, seed, n_pool: int, n_selectable: int) -> dict[
     return {**previous, "budget": budget, "seed": seed, "count": count}
 
 
+def _same_label_columns(
+    old: datasets.Dataset, new: datasets.Dataset
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """``old`` and ``new`` tokenised rows with the same columns: where only one side has
+    multi-turn chats (a ``label_spans`` column), the other gets empty spans (it labels its
+    responses only, as it was scored)."""
+    from datasets import List, Value
+
+    from smalltolarge.formatting import LABEL_SPANS
+
+    def with_spans(ds: datasets.Dataset) -> datasets.Dataset:
+        if LABEL_SPANS in ds.column_names:
+            return ds
+        return ds.add_column(LABEL_SPANS, [[] for _ in range(len(ds))]).cast_column(
+            LABEL_SPANS, List(Value("int32"))
+        )
+
+    if (LABEL_SPANS in old.column_names) == (LABEL_SPANS in new.column_names):
+        return old, new
+    return with_spans(old), with_spans(new)
+
+
 def _grow(run, base, added, tokenised, new_tok, traj, proxy_meta, losses, embeddings, name):
     """Write the grown pool, tokenised pool and trajectories; returns the grown pool.
 
@@ -345,14 +371,17 @@ def _grow(run, base, added, tokenised, new_tok, traj, proxy_meta, losses, embedd
     shifted = new_tok.dataset.map(
         lambda b: {"pool_index": [i + offset for i in b["pool_index"]]}, batched=True
     )
+    old_part, new_part = _same_label_columns(tokenised.dataset, shifted)
     grown_tok = TokenisedPool(
-        dataset=datasets.concatenate_datasets([tokenised.dataset, shifted]),
+        dataset=datasets.concatenate_datasets([old_part, new_part]),
         template=tokenised.template,
         max_length=tokenised.max_length,
         pool_fingerprint=grown.fingerprint,
         tokenizer_fingerprint=tokenised.tokenizer_fingerprint,
         excluded=[*tokenised.excluded, *new_tok.excluded],
         n_truncated=tokenised.n_truncated + new_tok.n_truncated,
+        assistant_turns=tokenised.assistant_turns,
+        n_multi_turn=tokenised.n_multi_turn + new_tok.n_multi_turn,
     )
     old_meta = read_json(run.tokenised_meta)
     save_tokenised(grown_tok, run)

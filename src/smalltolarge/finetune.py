@@ -3,11 +3,12 @@
 The subset is read like any pool (:func:`~smalltolarge.data.load_pool`), or from a selection
 directory (``selections/NAME/``), and tokenised with the target's own tokenizer through
 :func:`~smalltolarge.formatting.tokenise_pool`: the same template and the same response-only
-loss (response + eos) that the proxy was trained and scored with. Training is the proxy's
-recipe (:func:`smalltolarge.training.fit`: AdamW, cosine schedule with warm-up, gradient
-accumulation, bf16/fp16, length-grouped batches, multi-GPU through ``accelerate launch``), with
-a resumable trainer state in ``OUT/resume/`` guarded by a fingerprint marker, and a skip when
-``OUT/finetune.json`` records the same inputs and settings.
+loss (response + eos) that the proxy was trained and scored with, over the same assistant turns
+of a multi-turn chat (those the selection's run scored; every one otherwise, as trainers do).
+Training is the proxy's recipe (:func:`smalltolarge.training.fit`: AdamW, cosine schedule with
+warm-up, gradient accumulation, bf16/fp16, length-grouped batches, multi-GPU through
+``accelerate launch``), with a resumable trainer state in ``OUT/resume/`` guarded by a
+fingerprint marker, and a skip when ``OUT/finetune.json`` records the same inputs and settings.
 
 Full fine-tuning is the default; ``lora=True`` trains LoRA adapters with ``peft`` and merges
 them into the weights before saving, so ``OUT/model/`` is always a plain model directory
@@ -47,7 +48,7 @@ from smalltolarge.runs import (
     read_json,
     stage_is_current,
 )
-from smalltolarge.settings import FinetuneSettings
+from smalltolarge.settings import FinetuneSettings, PrepareSettings
 from smalltolarge.training import Recipe, fit
 
 if TYPE_CHECKING:
@@ -165,7 +166,13 @@ def finetune(
     data_path, data_kwargs = resolve_train_data(train_data)
     pool = load_pool(data_path, **{**data_kwargs, **load_kwargs})
     tokenizer = load_tokenizer(model)
-    tok_pool = tokenise_pool(pool, tokenizer, template=template, max_length=max_length)
+    tok_pool = tokenise_pool(
+        pool,
+        tokenizer,
+        template=template,
+        max_length=max_length,
+        assistant_turns=_scored_turns(train_data),
+    )
     settings = {
         "template": template,
         "max_length": max_length,
@@ -279,6 +286,15 @@ def resolve_train_data(train_data: str | os.PathLike) -> tuple[str, dict[str, An
             f"{path}: the subset file {summary['subset_file']} named in summary.json is missing"
         )
     return os.fspath(subset), _pool_columns(RunDir.of_selection(path).pool_meta)
+
+
+def _scored_turns(train_data: str | os.PathLike) -> str:
+    """The assistant turns the run of a selection directory scored (its ``tokenised.json``);
+    S2L's default (every one) for anything else or a run tokenised before the setting."""
+    meta = RunDir.of_selection(train_data).tokenised_meta
+    if Path(train_data, "summary.json").is_file() and meta.is_file():
+        return read_json(meta).get("assistant_turns", "last")
+    return PrepareSettings.assistant_turns
 
 
 def _pool_columns(pool_meta: Path) -> dict[str, Any]:

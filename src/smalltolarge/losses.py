@@ -280,5 +280,8 @@ def reference_loss(model: PreTrainedModel, example: dict) -> float:
     ids = torch.as_tensor(example["input_ids"], dtype=torch.long)[None]
     labels = ids.clone()
     labels[0, : int(example["response_start"])] = -100
+    spans = example.get("label_spans") or ()
+    for a, b in zip(spans[0::2], spans[1::2], strict=True):
+        labels[0, a:b] = ids[0, a:b]
     with torch.inference_mode():
         return float(model(input_ids=ids, labels=labels).loss)

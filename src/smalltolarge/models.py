@@ -418,8 +418,10 @@ def train_pool_tokenizer(
 
     ds = pool.dataset
     texts = (
-        format_prompt(ins, inp, template=template) + resp
-        for ins, inp, resp in zip(ds["instruction"], ds["input"], ds["response"], strict=True)
+        format_prompt(ins, inp, template=template, system=system) + resp
+        for ins, inp, resp, system in zip(
+            ds["instruction"], ds["input"], ds["response"], ds["system"], strict=True
+        )
     )
     return train_bpe_tokenizer(texts, vocab_size)
 

@@ -19,9 +19,11 @@ from smalltolarge.dedup import DedupSettings, dedup_pool, duplicates_report
 from smalltolarge.errors import S2LError
 from smalltolarge.formatting import (
     TokenisedPool,
+    count_multi_turn,
     load_tokenised,
     save_tokenised,
     tokenise_pool,
+    tokenised_fingerprint,
 )
 from smalltolarge.models import (
     PRESETS,
@@ -64,6 +66,7 @@ def prepare(
     preset: str | None = None,
     dedup: str | None = PrepareSettings.dedup,
     dedup_threshold: float = PrepareSettings.dedup_threshold,
+    assistant_turns: str = PrepareSettings.assistant_turns,
     progress: bool = True,
 ) -> Prepared:
     """Load ``pool_path`` into ``run_dir`` and tokenise it for ``proxy``.
@@ -79,6 +82,11 @@ def prepare(
     the character-shingle Jaccard similarity from which two examples are near duplicates. The
     dropped examples join ``pool.json``'s ``skipped`` as ``"duplicate of <id> (<kind>)"`` and the
     groups are written to ``duplicates.json``; the settings enter the pool's fingerprint.
+
+    ``assistant_turns`` (``"all"`` or ``"last"``): in a multi-turn chat, whether the loss covers
+    every assistant turn, as trainers learn by default, or the last one only (see
+    :mod:`smalltolarge.formatting`); a pool without multi-turn chats tokenises the same either
+    way. What was chosen is printed, and recorded in ``tokenised.json`` for the export to say.
     """
     run_dir = RunDir.of(run_dir)
     template = apply_preset(preset, template=(template, PrepareSettings.template))["template"]
@@ -132,15 +140,32 @@ def prepare(
         save_pool(pool, run_dir)
 
     tokenizer = _proxy_tokenizer(pool, run_dir, proxy, template)
-    tok_fp = fingerprint(pool.fingerprint, tokenizer_fingerprint(tokenizer), template, max_length)
+    n_multi_turn = count_multi_turn(pool)
+    tok_fp = tokenised_fingerprint(
+        pool.fingerprint,
+        tokenizer_fingerprint(tokenizer),
+        template,
+        max_length,
+        assistant_turns == "all" and n_multi_turn > 0,
+    )
     reused = pool_current and _meta_fingerprint(run_dir.tokenised_meta) == tok_fp
     if reused:
         tokenised = load_tokenised(run_dir)
         say(f"tokenised: {run_dir.tokenised_dir} is up to date, skipped")
     else:
-        tokenised = tokenise_pool(pool, tokenizer, template=template, max_length=max_length)
+        tokenised = tokenise_pool(
+            pool,
+            tokenizer,
+            template=template,
+            max_length=max_length,
+            assistant_turns=assistant_turns,
+        )
         save_tokenised(tokenised, run_dir)
     meta = read_json(run_dir.tokenised_meta)
+    if meta.get("assistant_turns") != assistant_turns:  # reused from a "last" run: the same
+        meta = {**meta, "assistant_turns": assistant_turns, "n_multi_turn": n_multi_turn}
+        atomic_write_json(run_dir.tokenised_meta, meta)
+        tokenised.assistant_turns = assistant_turns
     if meta.get("proxy") != proxy:
         atomic_write_json(run_dir.tokenised_meta, {**meta, "proxy": proxy})
     lengths = tokenised.lengths
@@ -156,6 +181,13 @@ def prepare(
             f"tokenised: EXCLUDED {len(tokenised.excluded)} examples whose prompt leaves no "
             f"room for a response (ids {ids}{more}); listed in {run_dir.tokenised_meta}"
         )
+    if n_multi_turn:
+        which = (
+            "every assistant turn (as trainers learn by default)"
+            if assistant_turns == "all"
+            else "the last assistant turn only (the others are prompt)"
+        )
+        say(f"tokenised: {n_multi_turn} multi-turn chats; the loss covers {which}")
     return Prepared(pool=pool, tokenised=tokenised, reused=reused)
 
 

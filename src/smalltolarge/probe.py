@@ -180,7 +180,13 @@ def probe_target(
             f"source{', capped' if len(ids) < round(fraction * len(pool_index)) else ''}) with "
             f"the untrained target {target}"
         )
-    tok = tokenise_pool(sub, tokenizer, template=template, max_length=max_length)
+    tok = tokenise_pool(
+        sub,
+        tokenizer,
+        template=template,
+        max_length=max_length,
+        assistant_turns=tokenised.assistant_turns,
+    )
     device = device or default_device()
     resolved = resolve_precision(precision, device)
     model = load_causal_lm(target, dtype=autocast_dtype(resolved) or torch.float32).to(device)

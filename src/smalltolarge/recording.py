@@ -188,7 +188,9 @@ class TrajectoryRecorder:
                     "tokenised_fingerprint": self.tokenised.fingerprint,
                     **self.meta,
                     "precision": self.precision,
-                    "loss": "mean token NLL over response tokens + eos (nats)",
+                    "loss": "mean token NLL over every assistant turn's tokens + eos (nats)"
+                    if self.tokenised.labels_all_turns
+                    else "mean token NLL over response tokens + eos (nats)",
                     "embeddings": "mean-pooled last hidden state at the final checkpoint"
                     if self.embeddings
                     else None,

@@ -88,13 +88,18 @@ def score_at_checkpoints(
 
 
 def tokenise_like_the_pool(run: RunDir, pool: Pool) -> TokenisedPool:
-    """``pool`` tokenised with the run's tokenizer, template and ``max_length``."""
+    """``pool`` tokenised with the run's tokenizer, template, ``max_length`` and labelled
+    assistant turns."""
     tokenised = load_tokenised(run)
     tokenizer = load_tokenizer(run.tokenizer_dir)
     if tokenizer_fingerprint(tokenizer) != tokenised.tokenizer_fingerprint:
         raise S2LError(f"{run.tokenizer_dir}: not the tokenizer the pool was tokenised with")
     return tokenise_pool(
-        pool, tokenizer, template=tokenised.template, max_length=tokenised.max_length
+        pool,
+        tokenizer,
+        template=tokenised.template,
+        max_length=tokenised.max_length,
+        assistant_turns=tokenised.assistant_turns,
     )
 
 

@@ -22,7 +22,16 @@ from smalltolarge.errors import S2LError
 from smalltolarge.readers import MISSING, RawInput, json_type
 
 #: The columns of every normalised pool (see :class:`~smalltolarge.data.Pool`).
-NORMALISED_COLUMNS = ("id", "row", "instruction", "input", "response", "source", "messages")
+NORMALISED_COLUMNS = (
+    "id",
+    "row",
+    "instruction",
+    "input",
+    "response",
+    "source",
+    "messages",
+    "system",
+)
 
 #: Their types, as the Arrow schema of ``Pool.dataset``.
 FEATURES = datasets.Features(
@@ -34,6 +43,7 @@ FEATURES = datasets.Features(
         "response": datasets.Value("string"),
         "source": datasets.Value("string"),
         "messages": datasets.Value("string"),
+        "system": datasets.Value("string"),
     }
 )
 
@@ -80,12 +90,14 @@ def resolve_schema(
     A ``messages`` column makes a chat pool; else the first pair of
     ``instruction``/``output``, ``question``/``answer``, ``prompt``/``completion``,
     ``prompt``/``response`` found is used. The ``*_column`` arguments (None: detect) override
-    the detection.
+    the detection. A ``system`` column holds each example's system prompt (LLaMA-Factory's and
+    axolotl's name for it); it is found by name only.
 
     Returns:
-        ``{"kind", "prompt", "input", "response", "source", "id", "split"}``: ``kind`` is
-        ``messages``, ``alpaca``, ``qa``, ``prompt_completion`` or ``explicit``; the others are
-        column names, or None where the input has no such column (``split``: the split taken).
+        ``{"kind", "prompt", "input", "response", "source", "id", "split", "system"}``:
+        ``kind`` is ``messages``, ``alpaca``, ``qa``, ``prompt_completion`` or ``explicit``; the
+        others are column names, or None where the input has no such column (``split``: the
+        split taken).
 
     Raises:
         S2LError: a named column does not exist, or the prompt and response columns cannot
@@ -136,7 +148,7 @@ def resolve_schema(
         input_name = "input"
     else:
         input_name = None
-    return {
+    schema = {
         "kind": kind,
         "prompt": prompt,
         "input": input_name,
@@ -145,6 +157,10 @@ def resolve_schema(
         "id": id_column or ("id" if "id" in columns else None),
         "split": raw.split,
     }
+    # a column named system that an option made something else is not also the system prompt
+    taken = {schema[k] for k in ("prompt", "input", "response", "source", "id")}
+    schema["system"] = "system" if "system" in columns and "system" not in taken else None
+    return schema
 
 
 def normalise(raw: RawInput, schema: dict) -> tuple[dict[str, list], list[dict]]:
@@ -163,6 +179,8 @@ def normalise(raw: RawInput, schema: dict) -> tuple[dict[str, list], list[dict]]
     ids = raw.column(id_name) if id_name is not None else None
     sources = raw.column(source_name) if source_name is not None else None
     chat = schema["kind"] == "messages"
+    system_name = schema.get("system")
+    systems = raw.column(system_name) if system_name is not None else None
     if chat:
         chats = raw.column(schema["prompt"])
     else:
@@ -188,9 +206,13 @@ def normalise(raw: RawInput, schema: dict) -> tuple[dict[str, list], list[dict]]
                 if not example_id.strip():
                     problem = problem or "empty id"
 
+        system, system_problem = "", None
+        if systems is not None and systems[i] is not MISSING and systems[i] is not None:
+            system, system_problem = _text(systems[i], system_name)
+        problem = problem or system_problem
         if chat:
-            instruction, response, messages, chat_problem = _parse_chat(chats[i])
-            text_input = ""
+            instruction, response, messages, chat_problem = _parse_chat(chats[i], system or "")
+            text_input, system = "", ""  # a chat's system prompt is its first turn
             problem = problem or chat_problem
         else:
             messages = ""
@@ -220,6 +242,7 @@ def normalise(raw: RawInput, schema: dict) -> tuple[dict[str, list], list[dict]]
         out["response"].append(response)
         out["source"].append(source)
         out["messages"].append(messages)
+        out["system"].append(system)
     return out, problems
 
 
@@ -230,10 +253,15 @@ def fingerprint_columns(columns: dict[str, list]) -> str:
     concatenation; the lengths make the encoding unambiguous without escaping anything. ``row``
     is hashed too: it is the same whatever the format, but a pool that skipped a record must
     not share a fingerprint with one that never had it, because selections are stored as rows.
+    ``system`` is hashed only when an example has a system prompt, so that a pool without one
+    keeps the fingerprint it had before the column existed (and its run stays reusable).
     """
     h = hashlib.sha256(_FINGERPRINT_VERSION)
     h.update(np.asarray(columns["row"], dtype="<i8").tobytes())
-    for name in ("id", "instruction", "input", "response", "source", "messages"):
+    names = ["id", "instruction", "input", "response", "source", "messages"]
+    if any(columns.get("system") or ()):
+        names.append("system")
+    for name in names:
         encoded = [value.encode("utf-8", "surrogatepass") for value in columns[name]]
         h.update(b"\x00" + name.encode() + b"\x00")
         h.update(np.fromiter(map(len, encoded), dtype="<i8", count=len(encoded)).tobytes())
@@ -254,11 +282,60 @@ def _text(value: Any, name: str) -> tuple[str | None, str | None]:
     return str(value), None
 
 
-def _parse_chat(value: Any) -> tuple[str | None, str | None, str, str | None]:
+#: The roles a chat turn may have: a system turn (first, at most one), then user turns and
+#: assistant turns in alternation, a ``tool`` turn (a tool's result) taking a user turn's place
+#: after an assistant turn that called the tool.
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+
+def check_roles(turns: list[dict[str, str]]) -> str | None:
+    """What is wrong with the order of the roles of ``turns`` (a chat up to its last assistant
+    turn), or None.
+
+    The rule is the strictest of the trainers a chat is exported to: LLaMA-Factory's sharegpt
+    reader (0.9.x) skips a chat, with a log line only, whose turns after an optional leading
+    system turn do not go user (or tool), assistant, user (or tool), assistant, ...; most chat
+    templates raise on the same chats. Refusing them when the pool is read names the example,
+    and ``--skip-invalid`` counts them, instead of a trainer dropping them unseen.
+    """
+    for k, turn in enumerate(turns):
+        if turn["role"] not in CHAT_ROLES:
+            return (
+                f"turn {k + 1} has the role {turn['role']!r}; the roles are "
+                f"{', '.join(CHAT_ROLES[:-1])} and {CHAT_ROLES[-1]}"
+            )
+    start = 1 if turns and turns[0]["role"] == "system" else 0
+    for k in range(start, len(turns)):
+        role = turns[k]["role"]
+        if role == "system":
+            return f"turn {k + 1} is a system turn; a system turn can only be the first"
+        if k == start and role != "user":
+            where = "after the system turn" if start else "first"
+            article = "an" if role == "assistant" else "a"
+            return f"turn {k + 1} is {article} {role} turn {where}; a chat starts with a user turn"
+        expected = "assistant" if (k - start) % 2 else "user"
+        if expected == "assistant" and role != "assistant":
+            previous = turns[k - 1]["role"]
+            return (
+                f"turns {k} and {k + 1} are {previous} then {role}; user (or tool) and "
+                "assistant turns must alternate"
+            )
+        if expected == "user" and role == "assistant":
+            return (
+                f"turns {k} and {k + 1} are both assistant turns; user (or tool) and "
+                "assistant turns must alternate"
+            )
+    return None
+
+
+def _parse_chat(value: Any, system: str = "") -> tuple[str | None, str | None, str, str | None]:
     """``(instruction, response, prompt-messages JSON, problem)`` of one chat example.
 
     The response is the last assistant turn, the prompt is every turn before it; turns after
-    it carry no target and are dropped.
+    it carry no target and are dropped. ``system`` (the example's value in a ``system``
+    column, as axolotl's ``field_system`` reads it) becomes the chat's first turn when it has
+    no system turn; a chat whose system turn says something else is refused rather than one of
+    the two dropped.
     """
     if value is MISSING:
         return None, None, "", "missing field 'messages'"
@@ -281,6 +358,14 @@ def _parse_chat(value: Any) -> tuple[str | None, str | None, str, str | None]:
         ):
             return None, None, "", f"malformed messages (turn {k + 1} is not a {{role, content}})"
         turns.append({"role": turn["role"], "content": turn["content"]})
+    added = 0  # turns numbered as in the file, without the system turn added here
+    if system:
+        if turns and turns[0]["role"] == "system":
+            if turns[0]["content"] != system:
+                return None, None, "", "a system turn and a different 'system' value"
+        else:
+            turns.insert(0, {"role": "system", "content": system})
+            added = 1
     last = next((k for k in range(len(turns) - 1, -1, -1) if turns[k]["role"] == "assistant"), -1)
     if last < 0:
         return None, None, "", "malformed messages (no assistant turn)"
@@ -290,6 +375,9 @@ def _parse_chat(value: Any) -> tuple[str | None, str | None, str, str | None]:
         return None, None, "", "empty response"
     if not prompt_turns:
         return None, None, "", "empty prompt"
+    role_problem = check_roles(turns[added : last + 1])
+    if role_problem is not None:
+        return None, None, "", f"malformed messages ({role_problem})"
     non_system = [t for t in prompt_turns if t["role"] != "system"]
     if len(non_system) == 1 and non_system[0]["role"] == "user":
         instruction = non_system[0]["content"]

@@ -41,6 +41,9 @@ DEFAULT_RUN_DIR = Path("runs/default")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: Prompt formats (see :mod:`smalltolarge.formatting`).
 TEMPLATES = ("alpaca", "alpaca-reference", "chat")
+#: Which assistant turns of a multi-turn chat the loss covers (see :mod:`smalltolarge.formatting`):
+#: every one, as trainers learn them by default, or the last one only (the response).
+ASSISTANT_TURNS = ("all", "last")
 #: What to do with an invalid example: refuse the pool, or drop and report it.
 ON_INVALID = ("error", "skip")
 #: Tokens per example (prompt + response), for the proxy and the target alike.
@@ -282,7 +285,11 @@ class PrepareSettings(StageSettings):
     ``split``: the split of a hub dataset; ``on_invalid``: refuse the pool (``error``) or drop
     and report invalid examples (``skip``); ``dedup``: drop exact and near duplicates compared
     on ``prompt``, ``response`` or ``both`` (None: off), near from a Jaccard similarity of
-    ``dedup_threshold`` (see :mod:`smalltolarge.dedup`).
+    ``dedup_threshold`` (see :mod:`smalltolarge.dedup`); ``assistant_turns``: in a multi-turn
+    chat, the loss (of scoring and of training) covers every assistant turn (``all``: what
+    LLaMA-Factory, axolotl and TRL's ``assistant_only_loss`` train on by default, so the
+    trajectory measures what the target will learn) or the last one only (``last``); the two
+    are one for a pool without multi-turn chats.
     """
 
     proxy: str = "tiny"
@@ -297,6 +304,7 @@ class PrepareSettings(StageSettings):
     on_invalid: str = "error"
     dedup: str | None = None
     dedup_threshold: float = DEFAULT_DEDUP_THRESHOLD
+    assistant_turns: str = "all"
 
     def __post_init__(self) -> None:
         check_name("proxy", self.proxy)
@@ -309,6 +317,7 @@ class PrepareSettings(StageSettings):
         check_choice("on_invalid", self.on_invalid, ON_INVALID)
         check_choice("dedup", self.dedup, DEDUP_ON, optional=True)
         check_in_range("dedup_threshold", self.dedup_threshold, 0, 1, closed="(]")
+        check_choice("assistant_turns", self.assistant_turns, ASSISTANT_TURNS)
 
 
 def _check_training(s: Any) -> None:

@@ -151,6 +151,7 @@ RUN = _table(
         "skip_invalid": use(EVERYWHERE),
         "dedup": use(EVERYWHERE),
         "dedup_threshold": use(EVERYWHERE, needs="dedup", why=_DEDUP_WHY),
+        "assistant_turns": use(EVERYWHERE),
         "epochs": use(EVERYWHERE),
         "lr": use(EVERYWHERE),
         "batch_size": use(EVERYWHERE),
@@ -202,6 +203,7 @@ PREPARE = _table(
         "preset": use(EVERYWHERE),
         "dedup": use(EVERYWHERE),
         "dedup_threshold": use(EVERYWHERE, needs="dedup", why=_DEDUP_WHY),
+        "assistant_turns": use(EVERYWHERE),
     },
 )
 

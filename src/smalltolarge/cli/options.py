@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from smalltolarge.selection import SELECTORS  # numpy only: `s2l --help` stays fast
-from smalltolarge.settings import DEDUP_ON, PRECISIONS, TEMPLATES
+from smalltolarge.settings import ASSISTANT_TURNS, DEDUP_ON, PRECISIONS, TEMPLATES
 
 
 def choices(values: tuple[str, ...] | list[str]) -> str:
@@ -36,6 +36,13 @@ ProxyOpt = Annotated[
 TemplateOpt = Annotated[
     str,
     typer.Option(help=f"Prompt format: {choices(TEMPLATES)} (chat: the tokenizer's template)."),
+]
+AssistantTurnsOpt = Annotated[
+    str,
+    typer.Option(
+        help=f"Multi-turn chats: the assistant turns the loss covers, {choices(ASSISTANT_TURNS)} "
+        "(all: what trainers learn by default; the export says which masking matches).",
+    ),
 ]
 MaxLenOpt = Annotated[int, typer.Option(help="Maximum tokens per example (prompt + response).")]
 PromptColOpt = Annotated[

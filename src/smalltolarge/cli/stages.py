@@ -30,6 +30,7 @@ from smalltolarge.cli.modes import (
     selects_per_source,
 )
 from smalltolarge.cli.options import (
+    AssistantTurnsOpt,
     BatchOpt,
     BudgetOpt,
     CkptOpt,
@@ -101,6 +102,7 @@ def prepare_cmd(
     preset: PresetOpt = None,
     dedup: DedupOpt = PrepareSettings.dedup,
     dedup_threshold: DedupThresholdOpt = PrepareSettings.dedup_threshold,
+    assistant_turns: AssistantTurnsOpt = PrepareSettings.assistant_turns,
 ) -> None:
     """1-2. Load the pool, get the proxy's tokenizer, tokenise with the response mask."""
     from smalltolarge.prepare import prepare
@@ -123,6 +125,7 @@ def prepare_cmd(
             preset=preset,
             dedup=dedup,
             dedup_threshold=dedup_threshold,
+            assistant_turns=assistant_turns,
         )
 
 
@@ -497,6 +500,7 @@ def run_cmd(
     skip_invalid: SkipInvalidOpt = False,
     dedup: DedupOpt = PrepareSettings.dedup,
     dedup_threshold: DedupThresholdOpt = PrepareSettings.dedup_threshold,
+    assistant_turns: AssistantTurnsOpt = PrepareSettings.assistant_turns,
     epochs: EpochsOpt = ProxySettings.epochs,
     lr: LrOpt = ProxySettings.learning_rate,
     batch_size: BatchOpt = ProxySettings.batch_size,
@@ -544,6 +548,7 @@ def run_cmd(
             on_invalid="skip" if skip_invalid else "error",
             dedup=dedup,
             dedup_threshold=dedup_threshold,
+            assistant_turns=assistant_turns,
             epochs=epochs,
             learning_rate=lr,
             batch_size=batch_size,

@@ -100,6 +100,8 @@ def export_cmd(
 
     done = export_selection(selection_dir, fmt, out)
     typer.echo(f"export ({done.format}): {done.n} examples; " + ", ".join(map(str, done.files)))
+    for note in done.notes:  # multi-turn chats: the trainer setting that learns what S2L scored
+        typer.echo(f"export: {note}")
 
 
 @command("estimate")

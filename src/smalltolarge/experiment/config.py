@@ -126,6 +126,7 @@ _SECTIONS: dict[str, dict[str, tuple[type[StageSettings], str]]] = {
         "name": (PrepareSettings, "proxy"),
         "template": (PrepareSettings, "template"),
         "max_length": (PrepareSettings, "max_length"),
+        "assistant_turns": (PrepareSettings, "assistant_turns"),
         "epochs": (ProxySettings, "epochs"),
         "checkpoints": (ProxySettings, "n_checkpoints"),
         "learning_rate": (ProxySettings, "learning_rate"),
