@@ -1,4 +1,5 @@
-"""The ``s2l`` command: one sub-command per stage, each a thin layer over the Python API.
+"""The ``smalltolarge`` command, ``s2l`` for short: one sub-command per stage, each a thin
+layer over the Python API.
 
 The commands live by theme: :mod:`~smalltolarge.cli.stages` (prepare, dedup, train-proxy,
 score, select, run, demo), :mod:`~smalltolarge.cli.target` (finetune, evaluate, experiment,
@@ -27,7 +28,8 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
-    """Entry point of the ``s2l`` console command."""
+    """Entry point of the ``smalltolarge`` and ``s2l`` console commands (one command, two
+    names; see README, *Install*)."""
     started = time.perf_counter()
     try:
         app()

@@ -1,5 +1,5 @@
-"""The ``s2l`` application object, how a command registers on it, and the output pieces
-several commands print (a run's paths, a selection's report)."""
+"""The ``s2l`` (``smalltolarge``) application object, how a command registers on it, and the
+output pieces several commands print (a run's paths, a selection's report)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ app = typer.Typer(
     "example's loss trajectory, cluster the trajectories and pick a balanced subset.\n\n"
     "Stages: prepare -> train-proxy -> score -> select; `run` chains them, `demo` runs them on "
     "the bundled pool. Then finetune and evaluate the target on a selection, and `experiment` "
-    "compares methods at equal budgets.",
+    "compares methods at equal budgets.\n\n"
+    "`smalltolarge` and `s2l` are the same command (`python -m smalltolarge` too); help and "
+    "messages write `s2l`.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
